@@ -1,0 +1,195 @@
+//! The command line (SPEC §9): `master serve` and the client subcommands. Every flag
+//! has a long name, an env fallback and a help line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, ServeConfig, WhenFull};
+
+/// Master of the math task cluster: keeps the task ledger and delegates to slaves.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, env = "MASTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (journald, collectors).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master (and, with --local-slaves, slaves beside it).
+    Serve(ServeArgs),
+    /// Submit an expression.
+    Submit(SubmitArgs),
+    /// List tasks, oldest first.
+    Tasks(TasksArgs),
+    /// Show one task.
+    Task(TaskArgs),
+    /// Cancel a pending or in-progress task.
+    Cancel(TaskArgs),
+    /// List slaves in registration order.
+    Slaves(ClientArgs),
+}
+
+/// `master serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the API listens on (port 0 picks a free port).
+    #[arg(long, env = "MASTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Path of the SQLite ledger file (created if missing).
+    #[arg(long, env = "MASTER_DB", default_value = config::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Shared cluster secret, required as `Authorization: Bearer` on slave and admin calls.
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Allow a non-loopback listen address without a token.
+    #[arg(long, env = "MASTER_INSECURE")]
+    pub insecure: bool,
+    /// What a submission gets when every slave is busy.
+    #[arg(long, env = "MASTER_WHEN_FULL", value_enum, default_value_t = WhenFull::Reject)]
+    pub when_full: WhenFull,
+    /// Most pending tasks in queue mode; past it submissions get 503 queue_full.
+    #[arg(long, env = "MASTER_QUEUE_LIMIT", default_value_t = config::DEFAULT_QUEUE_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
+    pub queue_limit: i64,
+    /// Time a slave has to answer an offer before it is skipped and marked suspect.
+    #[arg(long, env = "MASTER_OFFER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub offer_timeout: Duration,
+    /// Silence after which a slave is down and its tasks are re-dispatched.
+    #[arg(long, env = "MASTER_SLAVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub slave_timeout: Duration,
+    /// Heartbeat interval of the local slaves (and the grace for offers in flight).
+    #[arg(long, env = "MASTER_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Base deadline of an in-progress task (its delay_ms is added); past it the task is lost.
+    #[arg(long, env = "MASTER_TASK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub task_timeout: Duration,
+    /// Offers a task may lose (slave died, deadline passed) before it fails.
+    #[arg(long, env = "MASTER_MAX_ATTEMPTS", default_value_t = config::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(i64).range(1..=100))]
+    pub max_attempts: i64,
+    /// Start this many slaves in this process on loopback, registered as slave-1, slave-2, ...
+    #[arg(long, env = "MASTER_LOCAL_SLAVES", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub local_slaves: u16,
+    /// Capacity of each local slave.
+    #[arg(long, env = "MASTER_LOCAL_SLAVE_CAPACITY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub local_slave_capacity: u32,
+}
+
+impl ServeArgs {
+    /// The validated configuration, or the refusal naming the flag at fault.
+    pub fn into_config(self) -> Result<ServeConfig, String> {
+        let insecure = self.insecure;
+        let config = ServeConfig {
+            listen: self.listen,
+            db: self.db,
+            token: slave::auth::Token::new(self.token),
+            when_full: self.when_full,
+            queue_limit: self.queue_limit,
+            offer_timeout: self.offer_timeout,
+            slave_timeout: self.slave_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            task_timeout: self.task_timeout,
+            max_attempts: self.max_attempts,
+            local_slaves: usize::from(self.local_slaves),
+            local_slave_capacity: self.local_slave_capacity as usize,
+        };
+        config.check_exposure(insecure)?;
+        if config.slave_timeout <= config.heartbeat_interval {
+            return Err("--slave-timeout must be longer than --heartbeat-interval".to_owned());
+        }
+        Ok(config)
+    }
+}
+
+/// Where the client subcommands find the master.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the master.
+    #[arg(long, env = "MASTER_URL", default_value = "http://127.0.0.1:8080")]
+    pub master: String,
+    /// Cluster token, sent as `Authorization: Bearer` (needed for cancel when set).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `master submit` flags.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The expression, e.g. "2+3*4" or "sqrt(x)*pi".
+    pub expression: String,
+    /// A variable binding NAME=NUMBER; repeat for more.
+    #[arg(long = "var", value_name = "NAME=NUMBER", value_parser = parse_var)]
+    pub vars: Vec<(String, f64)>,
+    /// Simulated extra work on the slave, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: i64,
+    /// Wait until the task is finished and print its result.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_var(raw: &str) -> Result<(String, f64), String> {
+    let (name, value) = raw.split_once('=').ok_or_else(|| format!("`{raw}` is not NAME=NUMBER"))?;
+    let value: f64 = value.trim().parse().map_err(|_| format!("`{value}` is not a number"))?;
+    Ok((name.trim().to_owned(), value))
+}
+
+/// `master tasks` flags.
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only tasks in this status (pending, in_progress, done, failed, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Most tasks to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// Only tasks with an id above this.
+    #[arg(long)]
+    pub after: Option<i64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `master task ID` / `master cancel ID`.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Task id.
+    pub id: i64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vars_are_name_equals_number() {
+        assert_eq!(parse_var("x=2").unwrap(), ("x".to_owned(), 2.0));
+        assert!(parse_var("x").is_err());
+        assert!(parse_var("x=two").is_err());
+    }
+}

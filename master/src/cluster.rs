@@ -1,0 +1,368 @@
+//! The task lifecycle around the ledger: results, cancels, registration, heartbeats,
+//! re-dispatch of lost tasks, the reaper and long-poll waiters (SPEC §4, §7).
+//! Submission and offers live in `dispatch`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use slave::protocol::{Registration, ResultReport};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::ServeConfig,
+    ledger::{Cancellation, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, SlaveRow, TaskRow},
+    metrics::{Metrics, Reason, SlaveLabel},
+    model::{SlaveId, SlaveState, SlaveUrl, TaskId, TaskStatus, Timestamp},
+    slaves::{Liveness, SlaveRegistry},
+};
+
+/// Longest slave name accepted at registration.
+pub const MAX_SLAVE_NAME_CHARS: usize = 64;
+/// Largest capacity a slave may announce.
+pub const MAX_SLAVE_CAPACITY: u32 = 100_000;
+
+/// The master's moving parts; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ledger: Ledger,
+    pub(crate) slaves: SlaveRegistry,
+    /// Client for offers and drops: offer timeout per request, no redirects.
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: Arc<ServeConfig>,
+    pub(crate) metrics: Metrics,
+    waiters: Waiters,
+    /// Wakes the dispatcher: a task became pending or a slot freed.
+    pub(crate) dispatch_wanted: Notify,
+    /// False once shutdown began: submissions get 503.
+    accepting: AtomicBool,
+}
+
+/// Why a registration was refused (400).
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("name must be 1..={MAX_SLAVE_NAME_CHARS} characters of letters, digits, `-`, `_` or `.`")]
+    BadName,
+    #[error("capacity must be between 1 and {MAX_SLAVE_CAPACITY}")]
+    BadCapacity,
+    #[error("{0}")]
+    BadUrl(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl Cluster {
+    /// Builds the cluster on an open ledger and loads the registry from it: every known
+    /// slave keeps its state and gets a full slave timeout to heartbeat again.
+    pub async fn start(
+        ledger: Ledger,
+        config: Arc<ServeConfig>,
+        metrics: Metrics,
+        http: reqwest::Client,
+    ) -> Result<Self, LedgerError> {
+        let slaves = SlaveRegistry::default();
+        let in_progress = ledger.in_progress().await?;
+        for row in ledger.slaves().await? {
+            let running = in_progress.iter().filter(|task| task.slave_id == row.id).count();
+            slaves.upsert(&row, running);
+        }
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                ledger,
+                slaves,
+                http,
+                config,
+                metrics,
+                waiters: Waiters::default(),
+                dispatch_wanted: Notify::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        };
+        cluster.publish_slave_gauges();
+        Ok(cluster)
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// The slave registry.
+    pub fn slaves(&self) -> &SlaveRegistry {
+        &self.inner.slaves
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    /// Whether submissions are taken (false once shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking submissions; results, reads and heartbeats go on.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        // notify_one keeps a permit when nobody waits, so a wake during a round is not lost.
+        self.inner.dispatch_wanted.notify_one();
+    }
+
+    /// Records a slave's result (exactly once) and frees its slot.
+    pub async fn record_result(
+        &self,
+        id: TaskId,
+        report: ResultReport,
+    ) -> Result<ResultRecording, LedgerError> {
+        let slave = SlaveId(report.slave_id);
+        let recording = self.inner.ledger.record_result(id, slave, report.attempt, report.outcome).await?;
+        if let ResultRecording::Recorded(status) = recording {
+            self.inner.slaves.release(slave);
+            self.task_finished(id, status);
+            self.wake_dispatcher();
+        }
+        Ok(recording)
+    }
+
+    /// Cancels a task; a slave that held it is told to drop it.
+    pub async fn cancel(&self, id: TaskId) -> Result<Cancellation, LedgerError> {
+        let cancellation = self.inner.ledger.cancel(id).await?;
+        if let Cancellation::Cancelled { slave } = cancellation {
+            if let Some(slave) = slave {
+                self.inner.slaves.release(slave);
+                self.tell_slave_to_drop(slave, id);
+                self.wake_dispatcher();
+            }
+            self.task_finished(id, TaskStatus::Cancelled);
+        }
+        Ok(cancellation)
+    }
+
+    fn task_finished(&self, id: TaskId, status: TaskStatus) {
+        self.inner.waiters.notify(id);
+        self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
+        self.publish_slave_gauges();
+    }
+
+    /// Tells a slave to stop working on a task, in the background: best effort, since
+    /// the ledger already decided and a late result from it is refused anyway.
+    pub(crate) fn tell_slave_to_drop(&self, slave: SlaveId, id: TaskId) {
+        let Some((name, url)) = self.inner.slaves.address(slave) else { return };
+        let request = self.inner.config.token.authorize(self.inner.http.delete(format!("{url}/tasks/{id}")));
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) => {
+                    tracing::debug!(task_id = %id, slave = %name, status = %response.status(), "drop sent")
+                }
+                Err(error) => {
+                    tracing::warn!(task_id = %id, slave = %name, %error, "could not tell slave to drop task")
+                }
+            }
+        });
+    }
+
+    /// The task, once final or once `wait` is over (long poll of `GET /tasks/{id}?wait=`).
+    pub async fn task_when_final(&self, id: TaskId, wait: Duration) -> Result<Option<TaskRow>, LedgerError> {
+        // Subscribe before reading, so a finish between the read and the wait is not missed.
+        let finished = self.inner.waiters.subscribe(id);
+        let task = self.inner.ledger.task(id).await?;
+        let unfinished = task.as_ref().is_some_and(|task| !task.status.is_final());
+        if !unfinished || wait.is_zero() {
+            drop(finished);
+            self.inner.waiters.forget_closed(id);
+            return Ok(task);
+        }
+        let _ = tokio::time::timeout(wait, finished).await;
+        self.inner.waiters.forget_closed(id);
+        self.inner.ledger.task(id).await
+    }
+
+    /// Registers (or re-registers) a slave. A registering slave holds no tasks (SPEC §7),
+    /// so whatever the ledger still has in progress on it goes back to pending at once.
+    pub async fn register(&self, registration: Registration) -> Result<SlaveRow, RegisterError> {
+        let name_ok = !registration.name.is_empty()
+            && registration.name.chars().count() <= MAX_SLAVE_NAME_CHARS
+            && registration.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(RegisterError::BadName);
+        }
+        if !(1..=MAX_SLAVE_CAPACITY).contains(&registration.capacity) {
+            return Err(RegisterError::BadCapacity);
+        }
+        let url = SlaveUrl::parse(&registration.url).map_err(RegisterError::BadUrl)?;
+        let registration = Registration { url: url.as_str().to_owned(), ..registration };
+        let row = self.inner.ledger.register_slave(registration).await?;
+        let held = self.inner.ledger.in_progress_on(row.id).await?;
+        self.inner.slaves.upsert(&row, held.len());
+        tracing::info!(slave = %row.name, slave_id = %row.id, position = row.position, url = %row.url, "slave registered");
+        for task in held {
+            self.requeue(task, format!("{} registered again and holds no tasks", row.name)).await?;
+        }
+        self.publish_slave_gauges();
+        self.wake_dispatcher();
+        Ok(row)
+    }
+
+    /// Takes a heartbeat: the slave is up; tasks it no longer lists (allowing for
+    /// offers still in flight) are lost on it. False if the master does not know it.
+    pub async fn heartbeat(&self, slave: SlaveId, held: &[i64]) -> Result<bool, LedgerError> {
+        let Some((liveness, seen_at)) = self.inner.slaves.touch(slave) else { return Ok(false) };
+        self.inner.ledger.update_slave(slave, SlaveState::Up, seen_at).await?;
+        if liveness == Liveness::CameBack {
+            tracing::info!(slave_id = %slave, "slave is up again");
+            self.publish_slave_gauges();
+            self.wake_dispatcher();
+        }
+        // An offer accepted after the slave took its heartbeat snapshot is not listed yet.
+        let grace = self.inner.config.offer_timeout + self.inner.config.heartbeat_interval;
+        let assigned_before = Timestamp::in_past(grace);
+        for task in self.inner.ledger.in_progress_on(slave).await? {
+            if !held.contains(&task.id.0) && task.assigned_at < assigned_before {
+                self.requeue(task, "the slave no longer holds it".to_owned()).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deregisters a slave; its in-progress tasks are re-dispatched. False if unknown.
+    pub async fn deregister(&self, slave: SlaveId) -> Result<bool, LedgerError> {
+        let name = self.inner.slaves.address(slave).map(|(name, _)| name);
+        let held = self.inner.ledger.in_progress_on(slave).await?;
+        for task in held {
+            self.requeue(task, "its slave was deregistered".to_owned()).await?;
+        }
+        self.inner.slaves.remove(slave);
+        let existed = self.inner.ledger.delete_slave(slave).await?;
+        if let Some(name) = name {
+            self.inner.metrics.slave_running.remove(&SlaveLabel { slave: name });
+        }
+        self.publish_slave_gauges();
+        Ok(existed)
+    }
+
+    /// A task was lost on its slave: back to pending (and to the dispatcher) or failed.
+    pub(crate) async fn requeue(&self, task: HeldTask, reason: String) -> Result<(), LedgerError> {
+        let max_attempts = self.inner.config.max_attempts;
+        let outcome = self.inner.ledger.requeue_lost(
+            task.id,
+            task.slave_id,
+            task.attempts,
+            max_attempts,
+            reason.clone(),
+        );
+        match outcome.await? {
+            Requeue::Pending { attempts } => {
+                tracing::info!(task_id = %task.id, slave_id = %task.slave_id, attempts, %reason, "task requeued");
+                self.inner.slaves.release(task.slave_id);
+                self.inner.metrics.requeued.inc();
+                self.wake_dispatcher();
+            }
+            Requeue::Failed => {
+                tracing::warn!(task_id = %task.id, attempts = task.attempts, %reason, "task failed: out of attempts");
+                self.inner.slaves.release(task.slave_id);
+                self.task_finished(task.id, TaskStatus::Failed);
+            }
+            Requeue::NotHeld => {}
+        }
+        Ok(())
+    }
+
+    /// Runs [`Cluster::sweep`] until `stop`.
+    pub async fn reaper(self, stop: CancellationToken) {
+        let period =
+            (self.inner.config.slave_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(error) = self.sweep().await {
+                tracing::error!(%error, "reaper sweep failed");
+            }
+        }
+    }
+
+    /// One pass of the reaper: slaves silent past the slave timeout go `down` and lose
+    /// their tasks; tasks past their deadline are lost on their slave.
+    #[tracing::instrument(name = "reaper", skip_all)]
+    pub async fn sweep(&self) -> Result<(), LedgerError> {
+        let timeout = self.inner.config.slave_timeout;
+        for (slave, name, last_seen_at) in self.inner.slaves.mark_silent_down(timeout) {
+            tracing::warn!(%slave, %name, ?timeout, "slave silent past the slave timeout: down");
+            self.inner.ledger.update_slave(slave, SlaveState::Down, last_seen_at).await?;
+            for task in self.inner.ledger.in_progress_on(slave).await? {
+                self.requeue(task, format!("{name} went silent")).await?;
+            }
+            self.publish_slave_gauges();
+        }
+        for task in self.inner.ledger.overdue(&Timestamp::now()).await? {
+            let (slave, id) = (task.slave_id, task.id);
+            self.requeue(task, "it ran past its deadline".to_owned()).await?;
+            self.tell_slave_to_drop(slave, id);
+        }
+        Ok(())
+    }
+
+    /// Refreshes the per-slave gauges from the registry.
+    pub(crate) fn publish_slave_gauges(&self) {
+        let metrics = &self.inner.metrics;
+        let views = self.inner.slaves.views();
+        metrics.slaves_up.set(views.iter().filter(|v| v.state == SlaveState::Up).count() as i64);
+        for view in views {
+            metrics.slave_running.get_or_create(&SlaveLabel { slave: view.name }).set(view.running as i64);
+        }
+    }
+}
+
+/// Long-poll waiters per task. A std `Mutex`: sections are map operations, never awaits.
+#[derive(Default)]
+struct Waiters(Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>);
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<()>>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn subscribe(&self, id: TaskId) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock().entry(id).or_default().push(sender);
+        receiver
+    }
+
+    fn notify(&self, id: TaskId) {
+        let senders = self.lock().remove(&id);
+        for sender in senders.into_iter().flatten() {
+            let _ = sender.send(()); // a waiter that gave up is fine
+        }
+    }
+
+    /// Drops the senders of waiters that gave up (timed out or hung up).
+    fn forget_closed(&self, id: TaskId) {
+        let mut waiters = self.lock();
+        if let Some(senders) = waiters.get_mut(&id) {
+            senders.retain(|sender| !sender.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Dispatch (SPEC §5): offers a task to the slaves in registration order until one
+//! takes it. "Are you available?" and the assignment are one step on the slave (its
+//! `POST /tasks` answers 202 with the slot reserved, or 409). The ledger records the
+//! assignment *before* each offer, so a result can never arrive for an assignment that
+//! is not on disk, and a crash between the two is caught by heartbeat reconciliation.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use slave::protocol::Offer;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::Cluster,
+    config::WhenFull,
+    ledger::{LedgerError, TaskRow},
+    metrics::Reason,
+    model::{NewTask, SlaveId, TaskId, Timestamp},
+    slaves::Candidate,
+};
+
+/// Pending tasks the dispatcher reads per round.
+const PENDING_BATCH: i64 = 256;
+/// The dispatcher looks at the queue at least this often, whatever woke it or not.
+const DISPATCH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a submission became.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// A slave took it (201).
+    Assigned { id: TaskId, slave: Candidate },
+    /// Stored as pending, to run when a slave frees (202, queue mode).
+    Queued { id: TaskId },
+}
+
+/// Why a submission was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("All slaves are busy: full capacity")]
+    FullCapacity,
+    #[error("no slave is registered and up")]
+    NoSlaves,
+    #[error("the queue holds {0} pending tasks, its limit")]
+    QueueFull(i64),
+    #[error("the master is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// How the offers of one task ended.
+#[derive(Debug)]
+enum Offers {
+    /// This slave accepted.
+    Taken(Candidate),
+    /// Every slave with room refused; the task is still assigned to this last one.
+    AllRefused(SlaveId),
+    /// The task became final (cancelled) while being offered.
+    Gone,
+}
+
+/// A slave's answer to one offer.
+enum Answer {
+    Accepted,
+    Refused,
+    Unreachable(String),
+}
+
+impl Cluster {
+    /// Submits a task (SPEC §4 `POST /tasks`): to the first slave in order with room; if
+    /// none, 503 `full_capacity` with nothing stored, or pending in queue mode.
+    #[tracing::instrument(name = "dispatch", skip_all, fields(task_id = tracing::field::Empty, slave = tracing::field::Empty))]
+    pub async fn submit(&self, task: NewTask) -> Result<Submitted, SubmitError> {
+        if !self.is_accepting() {
+            return Err(self.rejected(SubmitError::ShuttingDown));
+        }
+        if !self.slaves().has_live_slaves() {
+            return Err(self.rejected(SubmitError::NoSlaves));
+        }
+        let queue_mode = self.config().when_full == WhenFull::Queue;
+        // In queue mode a new task never overtakes one already waiting.
+        if queue_mode && self.ledger().counts().await?.pending > 0 {
+            return self.enqueue(&task).await;
+        }
+        let Some(first) = self.slaves().reserve_next(&[]) else {
+            return if queue_mode {
+                self.enqueue(&task).await
+            } else {
+                Err(self.rejected(SubmitError::FullCapacity))
+            };
+        };
+        let deadline = Timestamp::in_future(self.config().task_deadline(task.delay_ms));
+        let id = match self.ledger().insert_task(&task, Some((first.id, deadline.clone()))).await {
+            Ok(id) => id,
+            Err(error) => {
+                self.slaves().release(first.id);
+                return Err(error.into());
+            }
+        };
+        tracing::Span::current().record("task_id", id.0);
+        let offer = Offer {
+            task_id: id.0,
+            attempt: 1,
+            expression: task.expression,
+            variables: task.variables,
+            delay_ms: task.delay_ms,
+        };
+        let submitted = match self.offer_in_order(&offer, first, &deadline).await? {
+            Offers::Taken(slave) => Submitted::Assigned { id, slave },
+            Offers::AllRefused(last) if queue_mode => {
+                self.ledger().unassign(id, last, 0).await?;
+                self.wake_dispatcher();
+                Submitted::Queued { id }
+            }
+            Offers::AllRefused(_) => {
+                self.ledger().delete_refused_task(id).await?;
+                return Err(self.rejected(SubmitError::FullCapacity));
+            }
+            // Only a client guessing the new id could cancel it this fast; it is final.
+            Offers::Gone => Submitted::Queued { id },
+        };
+        self.metrics().tasks_submitted.inc();
+        Ok(submitted)
+    }
+
+    fn rejected(&self, error: SubmitError) -> SubmitError {
+        let reason = match &error {
+            SubmitError::FullCapacity => "full_capacity",
+            SubmitError::NoSlaves => "no_slaves",
+            SubmitError::QueueFull(_) => "queue_full",
+            SubmitError::ShuttingDown => "shutting_down",
+            SubmitError::Ledger(_) => "internal",
+        };
+        self.metrics().tasks_rejected.get_or_create(&Reason { reason }).inc();
+        error
+    }
+
+    async fn enqueue(&self, task: &NewTask) -> Result<Submitted, SubmitError> {
+        let pending = self.ledger().counts().await?.pending;
+        if pending >= self.config().queue_limit {
+            return Err(self.rejected(SubmitError::QueueFull(pending)));
+        }
+        let id = self.ledger().insert_task(task, None).await?;
+        self.metrics().tasks_submitted.inc();
+        self.wake_dispatcher();
+        Ok(Submitted::Queued { id })
+    }
+
+    /// Offers to `first` (already reserved and assigned in the ledger), then, while
+    /// refused, to each next slave with room in position order, assigning before each.
+    async fn offer_in_order(
+        &self,
+        offer: &Offer,
+        first: Candidate,
+        deadline: &Timestamp,
+    ) -> Result<Offers, LedgerError> {
+        let id = TaskId(offer.task_id);
+        let mut tried = Vec::new();
+        let mut candidate = first;
+        loop {
+            match self.offer(&candidate, offer).await {
+                Answer::Accepted => {
+                    tracing::Span::current().record("slave", candidate.name.as_str());
+                    self.count_offer("accepted");
+                    self.publish_slave_gauges();
+                    return Ok(Offers::Taken(candidate));
+                }
+                Answer::Refused => {
+                    self.count_offer("refused");
+                    self.slaves().release_refused(candidate.id);
+                }
+                Answer::Unreachable(why) => {
+                    self.count_offer("unanswered");
+                    tracing::warn!(slave = %candidate.name, %why, "offer unanswered; slave marked suspect");
+                    self.slaves().release(candidate.id);
+                    self.slaves().mark_suspect(candidate.id);
+                }
+            }
+            tried.push(candidate.id);
+            let Some(next) = self.slaves().reserve_next(&tried) else {
+                return Ok(Offers::AllRefused(candidate.id));
+            };
+            if !self.ledger().assign(id, next.id, offer.attempt, deadline.clone()).await? {
+                self.slaves().release(next.id);
+                return Ok(Offers::Gone);
+            }
+            candidate = next;
+        }
+    }
+
+    fn count_offer(&self, answer: &'static str) {
+        self.metrics().offers.get_or_create(&Reason { reason: answer }).inc();
+    }
+
+    /// One offer: 202 accepted, 409 refused, anything else (or silence past the offer
+    /// timeout) unreachable.
+    #[tracing::instrument(name = "offer", skip_all, fields(slave = %slave.name, task_id = offer.task_id))]
+    async fn offer(&self, slave: &Candidate, offer: &Offer) -> Answer {
+        let request = self
+            .inner
+            .http
+            .post(format!("{}/tasks", slave.url))
+            .timeout(self.config().offer_timeout)
+            .json(offer);
+        match self.config().token.authorize(request).send().await {
+            Ok(response) if response.status() == StatusCode::ACCEPTED => Answer::Accepted,
+            Ok(response) if response.status() == StatusCode::CONFLICT => Answer::Refused,
+            Ok(response) => Answer::Unreachable(format!("answered {}", response.status())),
+            Err(error) => Answer::Unreachable(error.to_string()),
+        }
+    }
+
+    /// The dispatcher: offers pending tasks, oldest first, whenever a slot may have
+    /// freed or a task became pending, until `stop`; then waits for its offers to end.
+    pub async fn dispatcher(self, stop: CancellationToken) {
+        let mut offers = JoinSet::new();
+        let mut offering = HashSet::new();
+        loop {
+            if let Err(error) = self.dispatch_round(&mut offers, &mut offering).await {
+                tracing::error!(%error, "dispatch round failed");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.inner.dispatch_wanted.notified() => {}
+                Some(done) = offers.join_next() => {
+                    if let Ok(id) = done { offering.remove(&id); }
+                }
+                () = tokio::time::sleep(DISPATCH_TICK) => {}
+            }
+            while let Some(done) = offers.try_join_next() {
+                if let Ok(id) = done {
+                    offering.remove(&id);
+                }
+            }
+        }
+        while offers.join_next().await.is_some() {}
+    }
+
+    /// Starts an offer for each pending task (not already being offered) while slots are free.
+    async fn dispatch_round(
+        &self,
+        offers: &mut JoinSet<TaskId>,
+        offering: &mut HashSet<TaskId>,
+    ) -> Result<(), LedgerError> {
+        loop {
+            let batch = PENDING_BATCH + i64::try_from(offering.len()).unwrap_or(i64::MAX);
+            let pending = self.ledger().oldest_pending(batch).await?;
+            self.metrics().queue_depth.set(self.ledger().counts().await?.pending);
+            let waiting: Vec<TaskRow> =
+                pending.into_iter().filter(|task| !offering.contains(&task.id)).collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            for task in waiting {
+                let Some(slave) = self.slaves().reserve_next(&[]) else { return Ok(()) };
+                offering.insert(task.id);
+                let cluster = self.clone();
+                offers.spawn(async move {
+                    let id = task.id;
+                    if let Err(error) = cluster.dispatch_pending(task, slave).await {
+                        tracing::error!(task_id = %id, %error, "dispatching a pending task failed");
+                    }
+                    id
+                });
+            }
+        }
+    }
+
+    #[tracing::instrument(name = "dispatch", skip_all, fields(task_id = %task.id, slave = tracing::field::Empty))]
+    async fn dispatch_pending(&self, task: TaskRow, slave: Candidate) -> Result<(), LedgerError> {
+        let attempt = task.attempts.max(1);
+        let delay_ms = u64::try_from(task.delay_ms).unwrap_or(0);
+        let deadline = Timestamp::in_future(self.config().task_deadline(delay_ms));
+        if !self.ledger().assign(task.id, slave.id, attempt, deadline.clone()).await? {
+            self.slaves().release(slave.id);
+            return Ok(());
+        }
+        let offer = Offer {
+            task_id: task.id.0,
+            attempt,
+            variables: task.variables()?,
+            expression: task.expression,
+            delay_ms,
+        };
+        if let Offers::AllRefused(last) = self.offer_in_order(&offer, slave, &deadline).await? {
+            self.ledger().unassign(task.id, last, task.attempts).await?;
+        }
+        Ok(())
+    }
+}

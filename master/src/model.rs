@@ -1,0 +1,306 @@
+//! Domain types. Inputs are parsed once into these (SPEC §3, §8): a value of one of
+//! these types has already passed every submit-time check.
+
+use std::{fmt, time::Duration};
+
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use slave::{eval, protocol::Variables};
+
+/// A task's id: integers from 1, increasing, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+pub struct TaskId(pub i64);
+
+/// A slave's id, kept across re-registrations under the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+pub struct SlaveId(pub i64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for SlaveId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a task is in its life (SPEC §3), and who moves it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Stored, no slave yet. Left by dispatch (→ InProgress) or by cancel.
+    Pending,
+    /// A slave holds it. Left by its result (→ Done/Failed), by the reaper or a
+    /// re-registration (→ Pending, or Failed past max attempts) or by cancel.
+    InProgress,
+    /// Final: `result` is a finite number.
+    Done,
+    /// Final: `error` says why.
+    Failed,
+    /// Final: cancelled by a client.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in life order (the order of `counts` in the API).
+    pub const ALL: [TaskStatus; 5] =
+        [Self::Pending, Self::InProgress, Self::Done, Self::Failed, Self::Cancelled];
+
+    /// The status as stored and as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing moves the task out of this status any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+
+    /// Parses the API's spelling.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == raw)
+    }
+}
+
+/// A slave's state as dispatch sees it (SPEC §4 `GET /slaves`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum SlaveState {
+    /// Heartbeating; offered tasks in position order.
+    Up,
+    /// Silent past the slave timeout; skipped until it heartbeats or registers again.
+    Down,
+    /// Finishing its tasks before leaving; skipped.
+    Draining,
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds, as stored in the ledger
+/// (`2026-11-25T10:46:31.123Z`): fixed width, so text order is time order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+pub struct Timestamp(pub String);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// The time `after` from now (deadlines).
+    pub fn in_future(after: Duration) -> Self {
+        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        let at = Utc::now().checked_add_signed(after).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        Self(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// The time `before` ago.
+    pub fn in_past(before: Duration) -> Self {
+        let before = chrono::Duration::from_std(before).unwrap_or(chrono::Duration::MAX);
+        let at = Utc::now().checked_sub_signed(before).unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        Self(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+/// Longest expression accepted, in characters after trimming (SPEC §3).
+pub const MAX_EXPRESSION_CHARS: usize = 10_000;
+/// Most variables one task may bind (SPEC §8 limits).
+pub const MAX_VARIABLES: usize = 100;
+/// Longest variable name.
+pub const MAX_VARIABLE_NAME_CHARS: usize = 64;
+/// Longest simulated work a task may ask for (SPEC §3).
+pub const MAX_DELAY_MS: u64 = 600_000;
+
+/// Why a submission was refused at the door (400 `invalid_expression` / `invalid_request`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidTask {
+    #[error("expression is blank")]
+    BlankExpression,
+    #[error("expression is {0} characters long; the limit is {MAX_EXPRESSION_CHARS}")]
+    ExpressionTooLong(usize),
+    #[error("{0}")]
+    Expression(eval::EvalError),
+    #[error("at most {MAX_VARIABLES} variables are allowed, got {0}")]
+    TooManyVariables(usize),
+    #[error(
+        "variable name `{0}` must be 1..={MAX_VARIABLE_NAME_CHARS} letters, digits or `_`, starting with a letter or `_`"
+    )]
+    BadVariableName(String),
+    #[error("variable `{0}` must be a finite number")]
+    NonFiniteVariable(String),
+    #[error("delay_ms must be between 0 and {MAX_DELAY_MS}, got {0}")]
+    DelayOutOfRange(i64),
+}
+
+impl InvalidTask {
+    /// Whether the expression itself is at fault (`invalid_expression`) rather than
+    /// another field (`invalid_request`).
+    pub fn is_about_expression(&self) -> bool {
+        matches!(self, Self::BlankExpression | Self::ExpressionTooLong(_) | Self::Expression(_))
+    }
+}
+
+/// A task as submitted, after every submit-time check of SPEC §3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub expression: String,
+    pub variables: Variables,
+    pub delay_ms: u64,
+}
+
+impl NewTask {
+    /// The only way in: trims the expression, checks lengths, names, ranges, and that
+    /// meval can evaluate it with these variables.
+    pub fn parse(expression: &str, variables: Variables, delay_ms: i64) -> Result<Self, InvalidTask> {
+        let expression = expression.trim();
+        if expression.is_empty() {
+            return Err(InvalidTask::BlankExpression);
+        }
+        let chars = expression.chars().count();
+        if chars > MAX_EXPRESSION_CHARS {
+            return Err(InvalidTask::ExpressionTooLong(chars));
+        }
+        let delay_ms = u64::try_from(delay_ms)
+            .ok()
+            .filter(|delay| *delay <= MAX_DELAY_MS)
+            .ok_or(InvalidTask::DelayOutOfRange(delay_ms))?;
+        if variables.len() > MAX_VARIABLES {
+            return Err(InvalidTask::TooManyVariables(variables.len()));
+        }
+        for (name, value) in &variables {
+            if !is_variable_name(name) {
+                return Err(InvalidTask::BadVariableName(name.clone()));
+            }
+            if !value.is_finite() {
+                return Err(InvalidTask::NonFiniteVariable(name.clone()));
+            }
+        }
+        eval::check(expression, &variables).map_err(InvalidTask::Expression)?;
+        Ok(Self { expression: expression.to_owned(), variables, delay_ms })
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    starts_well
+        && name.len() <= MAX_VARIABLE_NAME_CHARS
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A slave's base URL: `http(s)://host:port`, no credentials, path, query or fragment
+/// (SPEC §8), stored without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveUrl(String);
+
+impl SlaveUrl {
+    /// Parses and normalises; the error says which rule was broken.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(raw).map_err(|error| format!("url `{raw}` is not a URL: {error}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url `{raw}` must use http or https"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("url `{raw}` must not carry credentials"));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("url `{raw}` must be http(s)://host:port with no path, query or fragment"));
+        }
+        let host = url.host_str().ok_or_else(|| format!("url `{raw}` has no host"))?;
+        let port = url.port_or_known_default().ok_or_else(|| format!("url `{raw}` has no port"))?;
+        let host =
+            if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+        Ok(Self(format!("{}://{host}:{port}", url.scheme())))
+    }
+
+    /// The normalised URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, f64)]) -> Variables {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn a_task_is_trimmed_and_checked() {
+        let task = NewTask::parse("  sqrt(x)*pi ", vars(&[("x", 2.0)]), 0).unwrap();
+        assert_eq!(task.expression, "sqrt(x)*pi");
+    }
+
+    #[test]
+    fn blank_and_too_long_expressions_are_refused() {
+        assert_eq!(NewTask::parse(" \t\n", Variables::new(), 0), Err(InvalidTask::BlankExpression));
+        let long = "1+".repeat(5_000) + "1";
+        assert_eq!(NewTask::parse(&long, Variables::new(), 0), Err(InvalidTask::ExpressionTooLong(10_001)));
+    }
+
+    #[test]
+    fn unknown_variables_and_functions_are_refused_at_submit() {
+        let error = NewTask::parse("x+1", Variables::new(), 0).unwrap_err();
+        assert!(error.is_about_expression());
+        assert_eq!(error.to_string(), "unknown variable `x`");
+    }
+
+    #[test]
+    fn division_by_zero_is_not_a_submit_time_error() {
+        assert!(NewTask::parse("1/0", Variables::new(), 0).is_ok());
+    }
+
+    #[test]
+    fn delay_must_be_within_range() {
+        assert_eq!(NewTask::parse("1", Variables::new(), -1), Err(InvalidTask::DelayOutOfRange(-1)));
+        assert_eq!(
+            NewTask::parse("1", Variables::new(), 600_001),
+            Err(InvalidTask::DelayOutOfRange(600_001))
+        );
+        assert!(NewTask::parse("1", Variables::new(), 600_000).is_ok());
+    }
+
+    #[test]
+    fn variables_need_plain_names_and_finite_values() {
+        let error = NewTask::parse("1", vars(&[("a b", 1.0)]), 0).unwrap_err();
+        assert_eq!(error, InvalidTask::BadVariableName("a b".into()));
+        let error = NewTask::parse("x", vars(&[("x", f64::INFINITY)]), 0).unwrap_err();
+        assert_eq!(error, InvalidTask::NonFiniteVariable("x".into()));
+    }
+
+    #[test]
+    fn slave_urls_are_host_and_port_only() {
+        assert_eq!(SlaveUrl::parse("http://10.0.0.2:9000/").unwrap().as_str(), "http://10.0.0.2:9000");
+        assert_eq!(SlaveUrl::parse("http://[::1]:9000").unwrap().as_str(), "http://[::1]:9000");
+        assert!(SlaveUrl::parse("http://user:pw@host:1").is_err());
+        assert!(SlaveUrl::parse("http://host:1/path").is_err());
+        assert!(SlaveUrl::parse("http://host:1/?q=1").is_err());
+        assert!(SlaveUrl::parse("ftp://host:1").is_err());
+        assert!(SlaveUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn timestamps_sort_as_text() {
+        let earlier = Timestamp::in_past(Duration::from_secs(1));
+        let later = Timestamp::in_future(Duration::from_secs(1));
+        assert!(earlier < Timestamp::now() && Timestamp::now() < later);
+        assert!(Timestamp::now().0.ends_with('Z'));
+    }
+}

@@ -1,0 +1,284 @@
+//! The slave registry: the master's in-memory view of its slaves in registration
+//! order, with the free capacity of each, so dispatch never waits on a slave it
+//! already knows is full (SPEC §5). The ledger's `slaves` table is the durable copy;
+//! this view is rebuilt from it at start.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+// tokio's clock, so the reaper's timing is testable on a paused clock.
+use tokio::time::Instant;
+
+use serde::Serialize;
+
+use crate::{
+    ledger::SlaveRow,
+    model::{SlaveId, SlaveState, Timestamp},
+};
+
+/// A slave as dispatch sees it.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: SlaveId,
+    name: String,
+    url: String,
+    capacity: usize,
+    /// Offers accepted (or being made) and not yet finished, as the master counts them.
+    running: usize,
+    position: i64,
+    state: SlaveState,
+    registered_at: Timestamp,
+    last_seen_at: Timestamp,
+    last_seen: Instant,
+    /// Skipped by dispatch until its next heartbeat: an offer went unanswered.
+    suspect: bool,
+    /// Skipped by dispatch until a slot frees or it heartbeats: it refused an offer the
+    /// view thought it had room for (it holds work the master does not know of).
+    refused: bool,
+}
+
+/// A slave picked for one offer, with a slot reserved for it in the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: SlaveId,
+    pub name: String,
+    pub url: String,
+}
+
+/// A slave as `GET /slaves` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlaveView {
+    pub id: SlaveId,
+    pub name: String,
+    pub url: String,
+    pub capacity: usize,
+    pub running: usize,
+    pub state: SlaveState,
+    pub position: i64,
+    pub registered_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub suspect: bool,
+}
+
+/// What a heartbeat changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The slave was up and stays up.
+    StillUp,
+    /// The slave was down (or suspect) and is up again.
+    CameBack,
+}
+
+/// Shared registry; cheap to clone. A std `Mutex`: every section is a short scan of a
+/// handful of slaves and never awaits.
+#[derive(Clone, Default)]
+pub struct SlaveRegistry {
+    slaves: Arc<Mutex<Vec<Entry>>>,
+}
+
+impl SlaveRegistry {
+    fn slaves(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // Sections never leave an entry half-updated, so a poisoned lock is still usable.
+        self.slaves.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds or updates a slave from its stored row; `running` is how many tasks the
+    /// ledger has in progress on it. Keeps the list in position order.
+    pub fn upsert(&self, row: &SlaveRow, running: usize) {
+        let mut slaves = self.slaves();
+        let entry = Entry {
+            id: row.id,
+            name: row.name.clone(),
+            url: row.url.clone(),
+            capacity: usize::try_from(row.capacity).unwrap_or(1).max(1),
+            running,
+            position: row.position,
+            state: row.state,
+            registered_at: row.registered_at.clone(),
+            last_seen_at: row.last_seen_at.clone(),
+            last_seen: Instant::now(),
+            suspect: false,
+            refused: false,
+        };
+        match slaves.iter_mut().find(|e| e.id == row.id) {
+            Some(existing) => *existing = entry,
+            None => slaves.push(entry),
+        }
+        slaves.sort_by_key(|e| e.position);
+    }
+
+    /// Forgets a slave.
+    pub fn remove(&self, id: SlaveId) -> bool {
+        let mut slaves = self.slaves();
+        let before = slaves.len();
+        slaves.retain(|e| e.id != id);
+        slaves.len() != before
+    }
+
+    /// Whether any slave is registered and not down.
+    pub fn has_live_slaves(&self) -> bool {
+        self.slaves().iter().any(|e| e.state == SlaveState::Up)
+    }
+
+    /// Reserves a slot on the first slave in position order that is up, not suspect,
+    /// not in `skip`, and has room as far as the master knows.
+    pub fn reserve_next(&self, skip: &[SlaveId]) -> Option<Candidate> {
+        let mut slaves = self.slaves();
+        let entry = slaves.iter_mut().find(|e| {
+            e.state == SlaveState::Up
+                && !e.suspect
+                && !e.refused
+                && e.running < e.capacity
+                && !skip.contains(&e.id)
+        })?;
+        entry.running += 1;
+        Some(Candidate { id: entry.id, name: entry.name.clone(), url: entry.url.clone() })
+    }
+
+    /// Frees a slot: the offer was refused, or the task finished or left the slave.
+    pub fn release(&self, id: SlaveId) {
+        if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
+            entry.running = entry.running.saturating_sub(1);
+            entry.refused = false;
+        }
+    }
+
+    /// The slave refused an offer: frees the reserved slot and skips the slave until one
+    /// of its tasks finishes or it heartbeats.
+    pub fn release_refused(&self, id: SlaveId) {
+        if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
+            entry.running = entry.running.saturating_sub(1);
+            entry.refused = true;
+        }
+    }
+
+    /// An offer to this slave went unanswered: skip it until it heartbeats.
+    pub fn mark_suspect(&self, id: SlaveId) {
+        if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
+            entry.suspect = true;
+        }
+    }
+
+    /// A heartbeat arrived: the slave is up and no longer suspect. `None` if unknown.
+    pub fn touch(&self, id: SlaveId) -> Option<(Liveness, Timestamp)> {
+        let mut slaves = self.slaves();
+        let entry = slaves.iter_mut().find(|e| e.id == id)?;
+        let came_back = entry.state != SlaveState::Up || entry.suspect;
+        entry.state = SlaveState::Up;
+        entry.suspect = false;
+        entry.refused = false;
+        entry.last_seen = Instant::now();
+        entry.last_seen_at = Timestamp::now();
+        let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
+        Some((liveness, entry.last_seen_at.clone()))
+    }
+
+    /// Marks `down` every up slave silent for longer than `timeout`; returns them.
+    pub fn mark_silent_down(&self, timeout: Duration) -> Vec<(SlaveId, String, Timestamp)> {
+        let mut slaves = self.slaves();
+        let now = Instant::now();
+        slaves
+            .iter_mut()
+            .filter(|e| e.state == SlaveState::Up && now.duration_since(e.last_seen) > timeout)
+            .map(|e| {
+                e.state = SlaveState::Down;
+                (e.id, e.name.clone(), e.last_seen_at.clone())
+            })
+            .collect()
+    }
+
+    /// Name and URL of a slave.
+    pub fn address(&self, id: SlaveId) -> Option<(String, String)> {
+        self.slaves().iter().find(|e| e.id == id).map(|e| (e.name.clone(), e.url.clone()))
+    }
+
+    /// Every slave in registration order.
+    pub fn views(&self) -> Vec<SlaveView> {
+        self.slaves()
+            .iter()
+            .map(|e| SlaveView {
+                id: e.id,
+                name: e.name.clone(),
+                url: e.url.clone(),
+                capacity: e.capacity,
+                running: e.running,
+                state: e.state,
+                position: e.position,
+                registered_at: e.registered_at.clone(),
+                last_seen_at: e.last_seen_at.clone(),
+                suspect: e.suspect,
+            })
+            .collect()
+    }
+
+    /// Slaves in state up.
+    pub fn count_up(&self) -> usize {
+        self.slaves().iter().filter(|e| e.state == SlaveState::Up).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, name: &str, capacity: i64, position: i64) -> SlaveRow {
+        SlaveRow {
+            id: SlaveId(id),
+            name: name.into(),
+            url: format!("http://127.0.0.1:{}", 9000 + id),
+            capacity,
+            position,
+            state: SlaveState::Up,
+            registered_at: Timestamp::now(),
+            last_seen_at: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn reserves_in_position_order_until_every_slot_is_taken() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(2, "slave-2", 1, 2), 0);
+        registry.upsert(&row(1, "slave-1", 1, 1), 0);
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2");
+        assert_eq!(registry.reserve_next(&[]), None);
+        registry.release(SlaveId(1));
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
+    }
+
+    #[test]
+    fn skips_suspect_and_skipped_slaves() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 5, 1), 0);
+        registry.upsert(&row(2, "slave-2", 5, 2), 0);
+        registry.mark_suspect(SlaveId(1));
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2");
+        assert_eq!(registry.reserve_next(&[SlaveId(2)]), None);
+        assert_eq!(registry.touch(SlaveId(1)).unwrap().0, Liveness::CameBack);
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
+    }
+
+    #[test]
+    fn re_registration_keeps_the_position() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 1, 1), 0);
+        registry.upsert(&row(2, "slave-2", 1, 2), 0);
+        registry.upsert(&row(1, "slave-1", 3, 1), 0);
+        let names: Vec<_> = registry.views().into_iter().map(|v| (v.name, v.capacity)).collect();
+        assert_eq!(names, vec![("slave-1".to_owned(), 3), ("slave-2".to_owned(), 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slave_silent_past_the_timeout_is_marked_down() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 1, 1), 0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(registry.mark_silent_down(Duration::from_secs(10)).is_empty());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(registry.mark_silent_down(Duration::from_secs(10)).len(), 1);
+        assert_eq!(registry.views()[0].state, SlaveState::Down);
+        assert_eq!(registry.reserve_next(&[]), None);
+    }
+}

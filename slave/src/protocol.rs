@@ -1,0 +1,110 @@
+//! Wire types shared by master and slave (SPEC §4, §5): the only definition of what
+//! crosses the network between them, so the two sides cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The words the original demo used; clients and the dashboard match on them.
+pub const AVAILABLE: &str = "I am available";
+/// See [`AVAILABLE`].
+pub const NOT_AVAILABLE: &str = "I am not available";
+
+/// Variable bindings of a task: name → finite number.
+pub type Variables = BTreeMap<String, f64>;
+
+/// Master → slave `POST /tasks`: "are you available?" and the assignment in one step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Offer {
+    pub task_id: i64,
+    /// The task's `attempts` value for this offer; echoed in the result report.
+    pub attempt: i64,
+    pub expression: String,
+    #[serde(default)]
+    pub variables: Variables,
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// Slave → master: the answer to an offer (202 or 409) and to `GET /availability`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Availability {
+    pub available: bool,
+    pub message: String,
+    pub running: usize,
+    pub capacity: usize,
+}
+
+impl Availability {
+    /// Builds the answer with the demo's exact message for `available`.
+    pub fn new(available: bool, running: usize, capacity: usize) -> Self {
+        let message = if available { AVAILABLE } else { NOT_AVAILABLE };
+        Self { available, message: message.to_owned(), running, capacity }
+    }
+}
+
+/// Slave → master `POST /slaves`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub name: String,
+    pub url: String,
+    pub capacity: u32,
+}
+
+/// Master → slave: the answer to a registration.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Registered {
+    pub id: i64,
+    pub position: i64,
+}
+
+/// Slave → master `POST /slaves/{id}/heartbeat`: every task the slave still holds,
+/// running or with a result not yet delivered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    pub running: Vec<i64>,
+}
+
+/// How a task ended on the slave.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A finite result.
+    Value(f64),
+    /// Why there is no finite result, in words ("division by zero gives inf").
+    Error(String),
+}
+
+/// Slave → master `POST /tasks/{id}/result`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResultReport {
+    pub slave_id: i64,
+    pub attempt: i64,
+    pub outcome: Outcome,
+}
+
+/// The error body both servers answer with (SPEC §4): `{"error": code, "message": words}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_uses_the_spec_shape_on_the_wire() {
+        let value = serde_json::to_value(Outcome::Value(2.5)).unwrap();
+        assert_eq!(value, serde_json::json!({"value": 2.5}));
+        let error = serde_json::to_value(Outcome::Error("x".into())).unwrap();
+        assert_eq!(error, serde_json::json!({"error": "x"}));
+    }
+
+    #[test]
+    fn availability_carries_the_demo_messages() {
+        assert_eq!(Availability::new(true, 0, 1).message, "I am available");
+        assert_eq!(Availability::new(false, 1, 1).message, "I am not available");
+    }
+}

@@ -1,0 +1,177 @@
+//! Every call the slave makes to the master (SPEC §7): registration (retried until the
+//! master answers), heartbeats listing held tasks, and result reports retried with
+//! backoff until the master takes them or says the task is no longer this slave's.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    SlaveConfig,
+    auth::Token,
+    protocol::{Heartbeat, Outcome, Registered, Registration, ResultReport},
+    slots::Slots,
+};
+
+/// First wait after a failed call to the master; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two tries, so a master that comes back is noticed quickly.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Connect timeout of every call to the master (SPEC §8).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Total timeout of every call to the master (SPEC §8).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handle for talking to the master; cheap to clone.
+#[derive(Clone)]
+pub struct Reporter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    master_url: String,
+    registration: Registration,
+    token: Token,
+    /// The id the master gave this slave; `None` until the first registration succeeds.
+    slave_id: watch::Sender<Option<i64>>,
+    slots: Arc<Slots>,
+}
+
+/// An HTTP client with the timeouts of SPEC §8 and no redirects.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .build()
+}
+
+impl Reporter {
+    /// A reporter for the slave described by `config`, reachable at `advertised_url`.
+    pub fn new(config: &SlaveConfig, advertised_url: String, slots: Arc<Slots>) -> anyhow::Result<Self> {
+        let registration = Registration {
+            name: config.name.clone(),
+            url: advertised_url,
+            capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http: http_client()?,
+                master_url: config.master_url.trim_end_matches('/').to_owned(),
+                registration,
+                token: config.token.clone(),
+                slave_id: watch::Sender::new(None),
+                slots,
+            }),
+        })
+    }
+
+    /// The id the master gave this slave, once registered.
+    pub fn slave_id(&self) -> Option<i64> {
+        *self.inner.slave_id.borrow()
+    }
+
+    /// Registers, then heartbeats every `interval`; registers again when the master
+    /// answers a heartbeat with 404 (it forgot this slave). Returns when `stop` fires.
+    pub async fn keep_registered(self, interval: Duration, stop: CancellationToken) {
+        loop {
+            let Some(id) = self.register_until_accepted(&stop).await else { return };
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = stop.cancelled() => return,
+                }
+                match self.heartbeat(id).await {
+                    Ok(status) if status.is_success() => {}
+                    Ok(StatusCode::NOT_FOUND) => {
+                        tracing::warn!(slave_id = id, "master does not know this slave; registering again");
+                        break;
+                    }
+                    Ok(status) => tracing::warn!(%status, "heartbeat refused"),
+                    Err(error) => tracing::warn!(%error, "heartbeat failed"),
+                }
+            }
+        }
+    }
+
+    async fn register_until_accepted(&self, stop: &CancellationToken) -> Option<i64> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.register().await {
+                Ok(registered) => {
+                    tracing::info!(slave_id = registered.id, position = registered.position, master = %self.inner.master_url, "registered");
+                    self.inner.slave_id.send_replace(Some(registered.id));
+                    return Some(registered.id);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, master = %self.inner.master_url, "registration failed; retrying")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return None,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn register(&self) -> anyhow::Result<Registered> {
+        let url = format!("{}/slaves", self.inner.master_url);
+        let request = self.inner.token.authorize(self.inner.http.post(url).json(&self.inner.registration));
+        let response = request.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("master answered {status}: {body}");
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn heartbeat(&self, id: i64) -> reqwest::Result<StatusCode> {
+        let url = format!("{}/slaves/{id}/heartbeat", self.inner.master_url);
+        let body = Heartbeat { running: self.inner.slots.held_ids() };
+        let request = self.inner.token.authorize(self.inner.http.post(url).json(&body));
+        Ok(request.send().await?.status())
+    }
+
+    /// One last heartbeat at shutdown, so the master re-dispatches what this slave no
+    /// longer holds without waiting for the slave timeout.
+    pub async fn send_final_heartbeat(&self) {
+        if let Some(id) = self.slave_id() {
+            if let Err(error) = self.heartbeat(id).await {
+                tracing::warn!(%error, "final heartbeat failed; the master will notice by timeout");
+            }
+        }
+    }
+
+    /// Reports a task's outcome, retrying with backoff until the master records it (2xx)
+    /// or says the task is not this slave's any more (403, 404, 409).
+    pub async fn deliver_result(&self, task_id: i64, attempt: i64, outcome: Outcome) {
+        let url = format!("{}/tasks/{task_id}/result", self.inner.master_url);
+        let mut registered = self.inner.slave_id.subscribe();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let slave_id = match registered.wait_for(Option::is_some).await {
+                Ok(id) => id.unwrap_or_default(),
+                Err(_) => return, // the reporter is gone: the slave is shutting down
+            };
+            let report = ResultReport { slave_id, attempt, outcome: outcome.clone() };
+            let request = self.inner.token.authorize(self.inner.http.post(&url).json(&report));
+            match request.send().await.map(|response| response.status()) {
+                Ok(status) if status.is_success() => return,
+                Ok(StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
+                    tracing::info!(task_id, attempt, "master no longer wants this result");
+                    return;
+                }
+                Ok(status) => tracing::warn!(task_id, %status, "result refused; retrying"),
+                Err(error) => tracing::warn!(task_id, %error, "result not delivered; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The slave's HTTP API (SPEC §5). Offers and drops need the cluster token; the
+//! availability probe is public, like a health check.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+
+use crate::{
+    SlaveState,
+    auth::require_token,
+    eval,
+    protocol::{Availability, ErrorBody, Offer, Outcome},
+    slots::Reservation,
+};
+
+/// Request bodies above this are refused with 413 (SPEC §8).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The slave's routes.
+pub fn router(state: SlaveState) -> Router {
+    let protected = Router::new()
+        .route("/tasks", post(offer))
+        .route("/tasks/{id}", delete(drop_task))
+        // route_layer: the token is checked before any extractor reads the body.
+        .route_layer(middleware::from_fn_with_state(state.token.clone(), require_token));
+    Router::new()
+        .route("/availability", get(availability))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn availability(State(state): State<SlaveState>) -> Json<Availability> {
+    let slots = &state.slots;
+    Json(Availability::new(slots.is_available(), slots.running(), slots.capacity()))
+}
+
+/// "Are you available?" and the assignment in one step: 202 with the slot reserved, or 409.
+async fn offer(State(state): State<SlaveState>, body: Result<Json<Offer>, JsonRejection>) -> Response {
+    let Json(offer) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), "invalid_request", rejection.body_text()),
+    };
+    let capacity = state.slots.capacity();
+    let (reservation, cancel) = state.slots.reserve(offer.task_id, offer.attempt);
+    match reservation {
+        Reservation::Reserved { running } => {
+            tracing::debug!(task_id = offer.task_id, attempt = offer.attempt, "offer accepted");
+            let run_state = state.clone();
+            state.runs.spawn(async move { run(run_state, offer, cancel).await });
+            (StatusCode::ACCEPTED, Json(Availability::new(true, running, capacity))).into_response()
+        }
+        Reservation::AlreadyHeld { running } => {
+            (StatusCode::ACCEPTED, Json(Availability::new(true, running, capacity))).into_response()
+        }
+        Reservation::Full { running } => {
+            (StatusCode::CONFLICT, Json(Availability::new(false, running, capacity))).into_response()
+        }
+    }
+}
+
+/// Runs one task: the simulated work, the evaluation, then the report to the master.
+#[tracing::instrument(name = "run", skip_all, fields(task_id = offer.task_id, attempt = offer.attempt))]
+async fn run(state: SlaveState, offer: Offer, cancel: tokio_util::sync::CancellationToken) {
+    let delay = std::time::Duration::from_millis(offer.delay_ms);
+    if !delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+    let outcome = match eval::evaluate(&offer.expression, &offer.variables) {
+        Ok(value) => Outcome::Value(value),
+        Err(error) => Outcome::Error(error.to_string()),
+    };
+    state.slots.finish_running(offer.task_id, offer.attempt);
+    tokio::select! {
+        () = state.reporter.deliver_result(offer.task_id, offer.attempt, outcome) => {}
+        () = cancel.cancelled() => {}
+    }
+    state.slots.release(offer.task_id, offer.attempt);
+}
+
+/// The master cancelled the task (or moved it elsewhere): stop it and forget it.
+async fn drop_task(State(state): State<SlaveState>, Path(id): Path<i64>) -> Response {
+    if state.slots.drop_task(id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "not_found", format!("task {id} is not held by this slave"))
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(ErrorBody { error: code.to_owned(), message })).into_response()
+}

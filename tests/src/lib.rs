@@ -1,1 +1,373 @@
+//! End-to-end harness: real `master` and `slave` processes on 127.0.0.1 port 0, each
+//! cluster in its own temp dir with its own ledger, killed on drop.
+//!
+//! Waiting is always "poll with a deadline" ([`eventually`]) or the API's own long poll
+//! (`GET /tasks/{id}?wait=`), never a fixed sleep. Set `TEST_LOG=1` to see the
+//! processes' logs on stderr.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+/// Pacing between probes of [`eventually`]: not a guess at timing, just politeness.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Default deadline of [`eventually`].
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Paths of the built binaries.
+pub struct Bins {
+    pub master: PathBuf,
+    pub slave: PathBuf,
+}
+
+/// Builds `master` and `slave` once per test binary (cargo does not build other
+/// packages' binaries for a test crate) in the profile the tests were built with.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "master", "-p", "slave", "--bins"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building master and slave failed");
+        Bins { master: profile_dir.join("master"), slave: profile_dir.join("slave") }
+    })
+}
+
+/// A running child process that printed `listening on http://ADDR`.
+pub struct Process {
+    child: Child,
+    pub url: String,
+    pub name: String,
+}
+
+impl Process {
+    /// Spawns `program args...` and waits for its `listening on` line.
+    pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Process {
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()));
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stderr(Stdio::null());
+        }
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sender = Some(sender);
+            // Keep draining after the first line so the child never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    if let Some(sender) = sender.take() {
+                        let _ = sender.send(url.trim().to_owned());
+                    }
+                }
+            }
+        });
+        let url = match receiver.recv_timeout(DEADLINE) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("{name} never printed its `listening on` line (exit: {status:?})");
+            }
+        };
+        Process { child, url, name: name.to_owned() }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on unix
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (with a deadline) for the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: sending a signal to our own child process; no memory is touched.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "could not signal {}", self.name);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status;
+            }
+            assert!(started.elapsed() < deadline, "{} did not exit within {deadline:?} of SIGTERM", self.name);
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status and JSON body (`Null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// Status and `error` code, the pair most tests assert on.
+    pub fn status_and_code(&self) -> (u16, &str) {
+        (self.status, self.body["error"].as_str().unwrap_or(""))
+    }
+}
+
+/// A test HTTP client: no redirects, timeouts, optional bearer token.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Http {
+    pub fn new(token: Option<&str>) -> Http {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(90))
+            // A fresh connection per request: tests restart masters on the same port,
+            // and a pooled connection to the old process would fail the next request.
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("http client");
+        Http { client, token: token.map(str::to_owned) }
+    }
+
+    /// Sends a request with the token (if any) and reads the reply.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("read body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body, headers }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(self.client.get(url)).await
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> Reply {
+        self.send(self.client.post(url).json(body)).await
+    }
+
+    pub async fn post_raw(&self, url: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(self.client.post(url).header("content-type", "application/json").body(body)).await
+    }
+
+    pub async fn delete(&self, url: &str) -> Reply {
+        self.send(self.client.delete(url)).await
+    }
+}
+
+/// Polls `probe` until it yields `Some`, failing the test past `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// How to start a master.
+#[derive(Clone, Debug, Default)]
+pub struct MasterOptions {
+    pub token: Option<String>,
+    /// Extra `master serve` flags.
+    pub args: Vec<String>,
+}
+
+/// A master, its slaves, and the temp dir holding the ledger.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub master: Process,
+    pub slaves: Vec<Process>,
+    pub http: Http,
+    pub options: MasterOptions,
+    /// Extra flags each slave gets (fast heartbeats in crash tests).
+    pub slave_args: Vec<String>,
+}
+
+impl Cluster {
+    /// A master and one slave per capacity in `capacities`, named slave-1, slave-2, ...
+    /// and registered in that order.
+    pub async fn start(capacities: &[u32]) -> Cluster {
+        Self::start_with(MasterOptions::default(), Vec::new(), capacities).await
+    }
+
+    /// Like [`Cluster::start`] with master options and extra slave flags.
+    pub async fn start_with(options: MasterOptions, slave_args: Vec<String>, capacities: &[u32]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("master.db");
+        let master = spawn_master(&db, &options);
+        let http = Http::new(options.token.as_deref());
+        let mut cluster = Cluster { dir, db, master, slaves: Vec::new(), http, options, slave_args };
+        for (index, capacity) in capacities.iter().enumerate() {
+            cluster.add_slave(&format!("slave-{}", index + 1), *capacity).await;
+        }
+        cluster
+    }
+
+    /// The master's URL joined with `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.master.url)
+    }
+
+    /// Starts a slave process and waits until the master lists it as up.
+    pub async fn add_slave(&mut self, name: &str, capacity: u32) -> usize {
+        let process = self.spawn_slave(name, capacity);
+        self.slaves.push(process);
+        self.wait_for_slave_state(name, "up").await;
+        self.slaves.len() - 1
+    }
+
+    /// Starts a slave process without waiting for it to register.
+    pub fn spawn_slave(&self, name: &str, capacity: u32) -> Process {
+        let mut args = vec![
+            "--master".to_owned(),
+            self.master.url.clone(),
+            "--name".to_owned(),
+            name.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--capacity".to_owned(),
+            capacity.to_string(),
+        ];
+        args.extend(self.slave_args.iter().cloned());
+        let mut envs = Vec::new();
+        if let Some(token) = &self.options.token {
+            envs.push(("CLUSTER_TOKEN", token.as_str()));
+        }
+        Process::spawn(name, &bins().slave, &args, &envs)
+    }
+
+    /// Waits until `GET /slaves` shows `name` in `state`.
+    pub async fn wait_for_slave_state(&self, name: &str, state: &str) -> Value {
+        let what = format!("{name} to be {state}");
+        eventually(&what, || async {
+            let slaves = self.http.get(&self.url("/slaves")).await.body;
+            slaves["slaves"].as_array()?.iter().find(|s| s["name"] == name && s["state"] == state).cloned()
+        })
+        .await
+    }
+
+    /// `POST /tasks` with this expression and delay.
+    pub async fn submit(&self, expression: &str, delay_ms: u64) -> Reply {
+        self.http.post(&self.url("/tasks"), &json!({"expression": expression, "delay_ms": delay_ms})).await
+    }
+
+    /// `POST /tasks` with a raw JSON body.
+    pub async fn submit_json(&self, body: &Value) -> Reply {
+        self.http.post(&self.url("/tasks"), body).await
+    }
+
+    /// `GET /tasks/{id}`.
+    pub async fn task(&self, id: i64) -> Value {
+        let reply = self.http.get(&self.url(&format!("/tasks/{id}"))).await;
+        assert_eq!(reply.status, 200, "GET /tasks/{id}: {:?}", reply.body);
+        reply.body
+    }
+
+    /// Long-polls until task `id` is final; fails the test past the deadline.
+    pub async fn wait_final(&self, id: i64) -> Value {
+        eventually(&format!("task {id} to finish"), || async {
+            let reply = self.http.get(&self.url(&format!("/tasks/{id}?wait=5"))).await;
+            let status = reply.body["status"].as_str()?;
+            matches!(status, "done" | "failed" | "cancelled").then_some(reply.body)
+        })
+        .await
+    }
+
+    /// Waits until task `id` has `status`.
+    pub async fn wait_status(&self, id: i64, status: &str) -> Value {
+        eventually(&format!("task {id} to be {status}"), || async {
+            let task = self.task(id).await;
+            (task["status"] == status).then_some(task)
+        })
+        .await
+    }
+
+    /// Kills the master with SIGKILL and starts a new one on the same ledger and port.
+    pub async fn restart_master_after_kill9(&mut self) {
+        self.master.kill9();
+        self.start_master_again().await;
+    }
+
+    /// Starts a master on the same ledger and the same address as before.
+    pub async fn start_master_again(&mut self) {
+        let mut options = self.options.clone();
+        let addr = self.master.url.trim_start_matches("http://").to_owned();
+        options.args.extend(["--listen".to_owned(), addr]);
+        self.master = spawn_master(&self.db, &options);
+    }
+
+    /// Opens the ledger read-only for assertions beside the running master.
+    pub async fn ledger(&self) -> sqlx::SqlitePool {
+        open_ledger(&self.db).await
+    }
+}
+
+/// Starts a master on `db` with `options` (port 0 unless `--listen` is among the args).
+pub fn spawn_master(db: &Path, options: &MasterOptions) -> Process {
+    let mut args = vec!["serve".to_owned(), "--db".to_owned(), db.display().to_string()];
+    if !options.args.iter().any(|arg| arg == "--listen") {
+        args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    }
+    args.extend(options.args.iter().cloned());
+    let mut envs = Vec::new();
+    if let Some(token) = &options.token {
+        envs.push(("CLUSTER_TOKEN", token.as_str()));
+    }
+    Process::spawn("master", &bins().master, &args, &envs)
+}
+
+/// Opens a ledger file read-only (WAL allows it beside a running master).
+pub async fn open_ledger(db: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
+    sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open ledger")
+}

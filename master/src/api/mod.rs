@@ -17,7 +17,7 @@ use axum::{
     routing::{get, post},
 };
 pub use errors::{ApiError, ErrorCode};
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use slave::auth::require_token;
 use tower_http::{
     timeout::TimeoutLayer,
@@ -103,9 +103,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(request, state).await?;
-        serde_json::from_slice(&bytes).map(Json).map_err(|error| {
-            ApiError::invalid(format!("request body is not valid JSON for this route: {error}"))
-        })
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|error| ApiError::invalid(format!("request body is not valid JSON: {error}")))?;
+        // serde would take `["2+2"]` for a struct (fields by position); we take objects only.
+        if !value.is_object() {
+            return Err(ApiError::invalid("request body must be a JSON object"));
+        }
+        T::deserialize(value)
+            .map(Json)
+            .map_err(|error| ApiError::invalid(format!("request body does not fit this route: {error}")))
     }
 }
 

@@ -1,0 +1,6 @@
+//! End-to-end tests of the whole cluster: real processes, real HTTP, real ledger files.
+//! One test binary (one link) for every scenario.
+
+mod bad_input;
+mod core;
+mod restart;

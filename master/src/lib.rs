@@ -7,6 +7,7 @@
 //! - `dispatch` — submission and offers to slaves in registration order (SPEC §5).
 //! - `cluster`  — results, cancels, registration, heartbeats, the reaper (SPEC §7).
 //! - `api`      — thin axum handlers: parse, call, map the error (SPEC §4).
+//! - `dashboard` — the live page at `GET /` (SPEC §9), embedded in the binary.
 //! - `config`   — validated `master serve` settings; `cli` — the command line;
 //!   `client` — the client subcommands; `metrics` — Prometheus.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod dispatch;
 pub mod ledger;
 pub mod metrics;

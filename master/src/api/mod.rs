@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}", axum::routing::delete(tasks::cancel))
         .route_layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
+        .route("/", get(crate::dashboard::page))
         .route("/tasks", post(tasks::submit).get(tasks::list))
         .route("/get-tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::show))

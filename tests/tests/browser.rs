@@ -1,0 +1,310 @@
+//! The dashboard (SPEC §9) in a real browser: headless Chromium driven through
+//! chromedriver over WebDriver, against a real master and two real slaves.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`ops/ci-browser.sh` installs them).
+//! Without chromedriver the test is skipped, except under CI (`CI` set), where it fails.
+//! A screenshot of the page is saved to `target/test-artifacts/dashboard.png`.
+
+use std::{
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    panic::{AssertUnwindSafe, resume_unwind},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use cluster_tests::{Cluster, eventually};
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+/// Flags without which headless Chromium stalls on a machine with no internet, or in a
+/// container (no sandbox, small /dev/shm, no GPU).
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    // Tall enough that the screenshot holds the whole page.
+    "--window-size=1280,1150",
+];
+
+/// Reads what the page shows, as JSON: the submit reply (null while none is shown), the
+/// slaves' rows in order, the task rows and the counts.
+const READ_PAGE: &str = r##"
+    const text = (node, selector) => node.querySelector(selector).textContent.trim();
+    const reply = document.querySelector("#reply");
+    return {
+        reply: reply.dataset.kind === undefined ? null : {
+            kind: reply.dataset.kind,
+            status: text(document, "#reply-status"),
+            message: document.querySelector("#reply-message").textContent,
+        },
+        slaves: [...document.querySelectorAll("#slaves tbody tr[data-name]")].map((row) => ({
+            name: row.dataset.name,
+            cells: [...row.cells].map((cell) => cell.textContent.trim()),
+        })),
+        tasks: [...document.querySelectorAll("#tasks tbody tr[data-task-id]")].map((row) => ({
+            id: Number(row.dataset.taskId),
+            status: text(row, ".status"),
+            outcome: text(row, ".outcome"),
+        })),
+        counts: Object.fromEntries([...document.querySelectorAll("#counts .n")]
+            .map((node) => [node.dataset.status, node.textContent.trim()])),
+    };
+"##;
+
+#[tokio::test]
+async fn dashboard_lists_slaves_in_order_submits_through_its_form_and_shows_tasks_finish() {
+    let Some(programs) = browser_or_skip() else { return };
+    let cluster = Cluster::start(&[1, 1]).await;
+    let driver = Chromedriver::start(&programs.chromedriver);
+    let browser = driver.session(&programs.chromium).await;
+
+    let outcome = AssertUnwindSafe(walk_through(&browser, &cluster)).catch_unwind().await;
+    // The page as it ended, passed or failed: the artifact a person looks at.
+    let screenshot = save_screenshot(&browser, "dashboard.png").await;
+    let _ = browser.close().await;
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    screenshot.expect("screenshot of the dashboard");
+}
+
+/// The seed walk-through (SPEC §1) done by a person on the dashboard.
+async fn walk_through(browser: &Client, cluster: &Cluster) {
+    let served = cluster.http.get(&cluster.url("/")).await;
+    assert_eq!(served.status, 200);
+    let content_type = served.headers["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("text/html"), "GET / is served as {content_type}");
+
+    browser.goto(&cluster.url("/")).await.expect("open the dashboard");
+    let page =
+        page_until(browser, "both slaves listed", |page| Some(page["slaves"].as_array()?.len() == 2)).await;
+    let names: Vec<&str> =
+        page["slaves"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["slave-1", "slave-2"], "slaves in registration order");
+    for slave in page["slaves"].as_array().unwrap() {
+        let cells = &slave["cells"];
+        assert_eq!((cells[2].as_str(), cells[3].as_str()), (Some("up"), Some("0 / 1")), "{slave}");
+    }
+
+    type_into(browser, "#expression", "2+3*4").await;
+    type_into(browser, "#delay", "1500").await;
+    // The form keeps its values, so each further submission is one click, as for a person.
+    let first = submit(browser).await;
+    assert_eq!(
+        first,
+        json!({"kind": "ok", "status": "201", "message": "Task successfully assigned to slave-1"})
+    );
+    let second = submit(browser).await;
+    assert_eq!(
+        second,
+        json!({"kind": "ok", "status": "201", "message": "Task successfully assigned to slave-2"})
+    );
+    let third = submit(browser).await;
+    assert_eq!(
+        third,
+        json!({"kind": "busy", "status": "503", "message": "All slaves are busy: full capacity"})
+    );
+
+    let running =
+        page_until(browser, "tasks 1 and 2 listed", |page| Some(page["tasks"].as_array()?.len() >= 2)).await;
+    assert_eq!(
+        statuses(&running),
+        [(2, "in_progress".to_owned()), (1, "in_progress".to_owned())],
+        "newest first, both running while full capacity was answered; the refused task left no row"
+    );
+    save_screenshot(browser, "dashboard-running.png").await.expect("screenshot while tasks run");
+
+    let finished = page_until(browser, "tasks 1 and 2 done on the page", |page| {
+        Some(page["tasks"].as_array()?.iter().all(|task| task["status"] == "done"))
+    })
+    .await;
+    for task in finished["tasks"].as_array().unwrap() {
+        assert_eq!(task["outcome"], "14", "{task}");
+    }
+    assert_eq!(statuses(&finished).len(), 2, "the refused task left no row");
+    assert_eq!(
+        finished["counts"],
+        json!({"pending": "0", "in_progress": "0", "done": "2", "failed": "0", "cancelled": "0"})
+    );
+    for id in [1, 2] {
+        assert_eq!(cluster.wait_final(id).await["result"], 14.0, "the ledger agrees with the page");
+    }
+
+    // Bad input: the server's 400 message is shown as it is, and nothing is stored.
+    type_into(browser, "#expression", "2+").await;
+    let reply = submit(browser).await;
+    let refused = cluster.submit("2+", 0).await;
+    assert_eq!(refused.status, 400);
+    let verbatim = json!({"kind": "error", "status": "400", "message": refused.body["message"]});
+    assert_eq!(reply, verbatim, "the server's message, as it is");
+
+    // Variables typed as `x=2, y=3`.
+    type_into(browser, "#expression", "x*y+1").await;
+    type_into(browser, "#variables", "x=2, y=3").await;
+    type_into(browser, "#delay", "0").await;
+    assert_eq!(submit(browser).await["message"], "Task successfully assigned to slave-1");
+    let page =
+        page_until(browser, "task 3 done on the page", |page| Some(row(page, 3)?["status"] == "done")).await;
+    assert_eq!(row(&page, 3).unwrap()["outcome"], "7");
+
+    // A long task, cancelled with its row's button.
+    type_into(browser, "#delay", "60000").await;
+    assert_eq!(submit(browser).await["status"], "201");
+    page_until(browser, "task 4 running on the page", |page| Some(row(page, 4)?["status"] == "in_progress"))
+        .await;
+    let cancel =
+        browser.find(Locator::Css(r#"#tasks tr[data-task-id="4"] button"#)).await.expect("cancel button");
+    cancel.click().await.expect("click cancel");
+    page_until(browser, "task 4 cancelled on the page", |page| Some(row(page, 4)?["status"] == "cancelled"))
+        .await;
+    assert_eq!(cluster.task(4).await["status"], "cancelled", "the ledger agrees with the page");
+}
+
+/// Saves what the browser shows as `target/test-artifacts/<name>`.
+async fn save_screenshot(browser: &Client, name: &str) -> Result<PathBuf, String> {
+    let png = browser.screenshot().await.map_err(|error| error.to_string())?;
+    let path = artifact_path(name);
+    std::fs::write(&path, png).map_err(|error| format!("write {}: {error}", path.display()))?;
+    println!("screenshot: {}", path.display());
+    Ok(path)
+}
+
+/// Clicks Submit and waits for the page's reply: `{kind, status, message}` as shown.
+async fn submit(browser: &Client) -> Value {
+    browser.find(Locator::Css("#submit")).await.expect("submit button").click().await.expect("click submit");
+    // The click handler hides the previous reply before it sends, so this is the new one.
+    let page = page_until(browser, "the reply to a submission", |page| Some(!page["reply"].is_null())).await;
+    page["reply"].clone()
+}
+
+/// The table row of task `id`, if the page lists it.
+fn row(page: &Value, id: i64) -> Option<&Value> {
+    page["tasks"].as_array()?.iter().find(|task| task["id"] == id)
+}
+
+async fn type_into(browser: &Client, selector: &str, text: &str) {
+    let input = browser.find(Locator::Css(selector)).await.unwrap_or_else(|e| panic!("{selector}: {e}"));
+    input.clear().await.expect("clear input");
+    input.send_keys(text).await.expect("type into input");
+}
+
+/// Task ids and statuses as the table lists them.
+fn statuses(page: &Value) -> Vec<(i64, String)> {
+    let tasks = page["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    tasks
+        .iter()
+        .map(|task| (task["id"].as_i64().unwrap(), task["status"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Reads the page until `ready` holds, within the harness deadline.
+async fn page_until(browser: &Client, what: &str, ready: impl Fn(&Value) -> Option<bool>) -> Value {
+    eventually(what, || async {
+        let page = browser.execute(READ_PAGE, Vec::new()).await.expect("read the page");
+        ready(&page).unwrap_or(false).then_some(page)
+    })
+    .await
+}
+
+/// Where the browser and its driver are installed.
+struct BrowserPrograms {
+    chromedriver: PathBuf,
+    chromium: Option<PathBuf>,
+}
+
+/// The installed programs; `None` (skip) without chromedriver, unless under CI.
+fn browser_or_skip() -> Option<BrowserPrograms> {
+    let Some(chromedriver) = find_program(&["chromedriver"]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromedriver not installed, and CI must run the browser test: \
+             run ops/ci-browser.sh (apt-get install chromium chromium-driver)"
+        );
+        println!("skipping: chromedriver not installed");
+        return None;
+    };
+    Some(BrowserPrograms { chromedriver, chromium: find_program(&["chromium", "chromium-browser"]) })
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// `target/test-artifacts/<name>`, the directory created.
+fn artifact_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target
+    let target = exe.ancestors().nth(3).expect("target directory");
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
+    dir.join(name)
+}
+
+/// A chromedriver on a free loopback port, with a fresh browser profile; on drop it and
+/// every browser it started are killed.
+struct Chromedriver {
+    child: Child,
+    url: String,
+    profile: tempfile::TempDir,
+}
+
+impl Chromedriver {
+    fn start(program: &Path) -> Chromedriver {
+        // chromedriver refuses port 0: let the OS pick a free port, then hand it over.
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let mut command = Command::new(program);
+        command.args([format!("--port={port}"), "--allowed-ips=127.0.0.1".to_owned()]).stdin(Stdio::null());
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        // Its own process group, so that drop also ends the browser it launched.
+        command.process_group(0);
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let profile = tempfile::tempdir().expect("browser profile dir");
+        Chromedriver { child, url: format!("http://127.0.0.1:{port}"), profile }
+    }
+
+    /// Waits for the driver to be ready and opens a headless Chromium session.
+    async fn session(&self, chromium: &Option<PathBuf>) -> Client {
+        let status = format!("{}/status", self.url);
+        eventually("chromedriver to be ready", || async {
+            let body: Value = reqwest::get(&status).await.ok()?.json().await.ok()?;
+            body["value"]["ready"].as_bool()?.then_some(())
+        })
+        .await;
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|flag| (*flag).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", self.profile.path().display()));
+        let mut options = json!({ "args": args });
+        if let Some(chromium) = chromium {
+            options["binary"] = json!(chromium);
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("goog:chromeOptions".to_owned(), options);
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("start a headless Chromium session")
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.child.id()) {
+            // SAFETY: signals the process group this test created for chromedriver; no memory is touched.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
+}

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use slave::protocol::{Registration, ResultReport};
+use slave::protocol::{Heartbeat, Registration, ResultReport};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -222,21 +222,30 @@ impl Cluster {
         Ok(row)
     }
 
-    /// Takes a heartbeat: the slave is up; tasks it no longer lists (allowing for
-    /// offers still in flight) are lost on it. False if the master does not know it.
-    pub async fn heartbeat(&self, slave: SlaveId, held: &[i64]) -> Result<bool, LedgerError> {
-        let Some((liveness, seen_at)) = self.inner.slaves.touch(slave) else { return Ok(false) };
-        self.inner.ledger.update_slave(slave, SlaveState::Up, seen_at).await?;
+    /// Takes a heartbeat: the slave is up (or draining); tasks it no longer lists
+    /// (allowing for offers still in flight) are lost on it. False if the master does
+    /// not know it.
+    pub async fn heartbeat(&self, slave: SlaveId, heartbeat: &Heartbeat) -> Result<bool, LedgerError> {
+        let Some((liveness, seen_at)) = self.inner.slaves.touch(slave, heartbeat.draining) else {
+            return Ok(false);
+        };
+        let state = if heartbeat.draining { SlaveState::Draining } else { SlaveState::Up };
+        self.inner.ledger.update_slave(slave, state, seen_at).await?;
         if liveness == Liveness::CameBack {
             tracing::info!(slave_id = %slave, "slave is up again");
             self.publish_slave_gauges();
             self.wake_dispatcher();
         }
-        // An offer accepted after the slave took its heartbeat snapshot is not listed yet.
-        let grace = self.inner.config.offer_timeout + self.inner.config.heartbeat_interval;
+        // An offer accepted after the slave took its heartbeat snapshot is not listed yet;
+        // a draining slave accepts no offers, so for it there is nothing in flight.
+        let grace = if heartbeat.draining {
+            Duration::ZERO
+        } else {
+            self.inner.config.offer_timeout + self.inner.config.heartbeat_interval
+        };
         let assigned_before = Timestamp::in_past(grace);
         for task in self.inner.ledger.in_progress_on(slave).await? {
-            if !held.contains(&task.id.0) && task.assigned_at < assigned_before {
+            if !heartbeat.running.contains(&task.id.0) && task.assigned_at <= assigned_before {
                 self.requeue(task, "the slave no longer holds it".to_owned()).await?;
             }
         }

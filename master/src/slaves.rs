@@ -161,12 +161,13 @@ impl SlaveRegistry {
         }
     }
 
-    /// A heartbeat arrived: the slave is up and no longer suspect. `None` if unknown.
-    pub fn touch(&self, id: SlaveId) -> Option<(Liveness, Timestamp)> {
+    /// A heartbeat arrived: the slave is up (or draining, if it said so) and no longer
+    /// suspect. `None` if unknown.
+    pub fn touch(&self, id: SlaveId, draining: bool) -> Option<(Liveness, Timestamp)> {
         let mut slaves = self.slaves();
         let entry = slaves.iter_mut().find(|e| e.id == id)?;
-        let came_back = entry.state != SlaveState::Up || entry.suspect;
-        entry.state = SlaveState::Up;
+        let came_back = !draining && (entry.state != SlaveState::Up || entry.suspect);
+        entry.state = if draining { SlaveState::Draining } else { SlaveState::Up };
         entry.suspect = false;
         entry.refused = false;
         entry.last_seen = Instant::now();
@@ -175,13 +176,13 @@ impl SlaveRegistry {
         Some((liveness, entry.last_seen_at.clone()))
     }
 
-    /// Marks `down` every up slave silent for longer than `timeout`; returns them.
+    /// Marks `down` every up or draining slave silent for longer than `timeout`; returns them.
     pub fn mark_silent_down(&self, timeout: Duration) -> Vec<(SlaveId, String, Timestamp)> {
         let mut slaves = self.slaves();
         let now = Instant::now();
         slaves
             .iter_mut()
-            .filter(|e| e.state == SlaveState::Up && now.duration_since(e.last_seen) > timeout)
+            .filter(|e| e.state != SlaveState::Down && now.duration_since(e.last_seen) > timeout)
             .map(|e| {
                 e.state = SlaveState::Down;
                 (e.id, e.name.clone(), e.last_seen_at.clone())
@@ -256,7 +257,7 @@ mod tests {
         registry.mark_suspect(SlaveId(1));
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2");
         assert_eq!(registry.reserve_next(&[SlaveId(2)]), None);
-        assert_eq!(registry.touch(SlaveId(1)).unwrap().0, Liveness::CameBack);
+        assert_eq!(registry.touch(SlaveId(1), false).unwrap().0, Liveness::CameBack);
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
     }
 
@@ -268,6 +269,15 @@ mod tests {
         registry.upsert(&row(1, "slave-1", 3, 1), 0);
         let names: Vec<_> = registry.views().into_iter().map(|v| (v.name, v.capacity)).collect();
         assert_eq!(names, vec![("slave-1".to_owned(), 3), ("slave-2".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_draining_slave_gets_no_offers() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 1, 1), 0);
+        assert_eq!(registry.touch(SlaveId(1), true).unwrap().0, Liveness::StillUp);
+        assert_eq!(registry.views()[0].state, SlaveState::Draining);
+        assert_eq!(registry.reserve_next(&[]), None);
     }
 
     #[tokio::test(start_paused = true)]

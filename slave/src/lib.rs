@@ -80,6 +80,7 @@ pub async fn run(listener: TcpListener, config: SlaveConfig, stop: CancellationT
     stop.cancelled().await;
     slots.stop_accepting();
     tracing::info!(held = slots.held_ids().len(), "stopping: no new offers; finishing held tasks");
+    reporter.send_heartbeat_now().await;
     if tokio::time::timeout(config.shutdown_grace, slots.wait_until_empty()).await.is_err() {
         let handed_back = slots.abandon_all();
         tracing::warn!(?handed_back, "shutdown grace over; handing tasks back to the master");
@@ -88,7 +89,7 @@ pub async fn run(listener: TcpListener, config: SlaveConfig, stop: CancellationT
     let _ = liveness.await;
     // A last heartbeat that lists what is still held (nothing, after abandon_all) lets
     // the master re-dispatch at once instead of waiting for the slave timeout.
-    reporter.send_final_heartbeat().await;
+    reporter.send_heartbeat_now().await;
     state.runs.close();
     state.runs.wait().await;
     serving.cancel();

@@ -63,6 +63,10 @@ pub struct Registered {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Heartbeat {
     pub running: Vec<i64>,
+    /// The slave is shutting down: it takes no more offers, so every task it does not
+    /// list is no longer held (no offer can be in flight to it).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// How a task ended on the slave.

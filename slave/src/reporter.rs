@@ -133,14 +133,16 @@ impl Reporter {
 
     async fn heartbeat(&self, id: i64) -> reqwest::Result<StatusCode> {
         let url = format!("{}/slaves/{id}/heartbeat", self.inner.master_url);
-        let body = Heartbeat { running: self.inner.slots.held_ids() };
+        let slots = &self.inner.slots;
+        let body = Heartbeat { running: slots.held_ids(), draining: !slots.is_accepting() };
         let request = self.inner.token.authorize(self.inner.http.post(url).json(&body));
         Ok(request.send().await?.status())
     }
 
-    /// One last heartbeat at shutdown, so the master re-dispatches what this slave no
+    /// A heartbeat now, out of turn: at shutdown, so the master learns at once that this
+    /// slave is draining, and again at the end so it re-dispatches what this slave no
     /// longer holds without waiting for the slave timeout.
-    pub async fn send_final_heartbeat(&self) {
+    pub async fn send_heartbeat_now(&self) {
         if let Some(id) = self.slave_id() {
             if let Err(error) = self.heartbeat(id).await {
                 tracing::warn!(%error, "final heartbeat failed; the master will notice by timeout");

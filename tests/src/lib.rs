@@ -118,6 +118,14 @@ impl Process {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP` to freeze it like a partitioned host).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: sending a signal to our own child process; no memory is touched.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "could not signal {}", self.name);
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
@@ -213,6 +221,16 @@ where
     }
 }
 
+/// Master flags for crash tests: a slave is down after 1 s of silence.
+pub fn fast_failure_detection() -> Vec<String> {
+    ["--slave-timeout", "1s", "--heartbeat-interval", "200ms", "--offer-timeout", "1s"].map(String::from).to_vec()
+}
+
+/// Slave flags for crash tests: heartbeat every 200 ms.
+pub fn fast_heartbeats() -> Vec<String> {
+    ["--heartbeat-interval", "200ms"].map(String::from).to_vec()
+}
+
 /// How to start a master.
 #[derive(Clone, Debug, Default)]
 pub struct MasterOptions {
@@ -268,6 +286,11 @@ impl Cluster {
 
     /// Starts a slave process without waiting for it to register.
     pub fn spawn_slave(&self, name: &str, capacity: u32) -> Process {
+        self.spawn_slave_with(name, capacity, &[])
+    }
+
+    /// Like [`Cluster::spawn_slave`] with flags for this slave only.
+    pub fn spawn_slave_with(&self, name: &str, capacity: u32, extra: &[&str]) -> Process {
         let mut args = vec![
             "--master".to_owned(),
             self.master.url.clone(),
@@ -279,6 +302,7 @@ impl Cluster {
             capacity.to_string(),
         ];
         args.extend(self.slave_args.iter().cloned());
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let mut envs = Vec::new();
         if let Some(token) = &self.options.token {
             envs.push(("CLUSTER_TOKEN", token.as_str()));
@@ -304,6 +328,22 @@ impl Cluster {
     /// `POST /tasks` with a raw JSON body.
     pub async fn submit_json(&self, body: &Value) -> Reply {
         self.http.post(&self.url("/tasks"), body).await
+    }
+
+    /// Index of the slave process named `name`.
+    pub fn slave_index(&self, name: &str) -> usize {
+        self.slaves.iter().position(|slave| slave.name == name).unwrap_or_else(|| panic!("no slave {name}"))
+    }
+
+    /// Counts of `task_events` rows of `kind` for task `id`, read from the ledger file.
+    pub async fn event_count(&self, id: i64, kind: &str) -> i64 {
+        let ledger = self.ledger().await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM task_events WHERE task_id = ?1 AND kind = ?2")
+            .bind(id)
+            .bind(kind)
+            .fetch_one(&ledger)
+            .await
+            .expect("count events")
     }
 
     /// `GET /tasks/{id}`.

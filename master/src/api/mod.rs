@@ -17,7 +17,7 @@ use axum::{
     routing::{get, post},
 };
 pub use errors::{ApiError, ErrorCode};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use slave::auth::require_token;
 use tower_http::{
     timeout::TimeoutLayer,

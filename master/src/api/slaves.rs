@@ -30,7 +30,7 @@ pub async fn heartbeat(
     if heartbeat.running.len() > MAX_HEARTBEAT_IDS {
         return Err(ApiError::invalid(format!("a heartbeat lists at most {MAX_HEARTBEAT_IDS} tasks")));
     }
-    if state.cluster.heartbeat(SlaveId(id), &heartbeat.running).await? {
+    if state.cluster.heartbeat(SlaveId(id), &heartbeat).await? {
         Ok(Json(json!({ "ok": true })))
     } else {
         Err(slave_not_found(id))

@@ -3,4 +3,6 @@
 
 mod bad_input;
 mod core;
+mod reliability;
 mod restart;
+mod security;

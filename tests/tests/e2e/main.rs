@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod core;
+mod load;
 mod reliability;
 mod restart;
 mod security;

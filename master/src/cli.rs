@@ -41,6 +41,8 @@ pub enum Command {
     Cancel(TaskArgs),
     /// List slaves in registration order.
     Slaves(ClientArgs),
+    /// Drive a cluster (by default a fresh local one) and print throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// `master serve` flags.
@@ -174,6 +176,59 @@ pub struct TaskArgs {
     pub id: i64,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// What `master bench` measures (SPEC §10; BENCHMARKS.md has one command for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Many trivial tasks through a bounded window of unfinished tasks: tasks/s end to end.
+    Throughput,
+    /// Sequential round trips, submit then long poll until done: latency percentiles.
+    Latency,
+    /// 1 s tasks on two slaves of capacity 1 in queue mode: makespan and tasks per slave.
+    Sleepy,
+    /// A ledger of many finished tasks: read latency, start-up time, file size.
+    Ledger,
+}
+
+/// `master bench` flags. Defaults that depend on the workload are `None` here.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Drive this running master (loopback only) instead of starting a local cluster.
+    #[arg(long, env = "MASTER_URL")]
+    pub master: Option<String>,
+    /// Tasks to run [default: throughput 20000, latency 1000, sleepy 20, ledger 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub tasks: Option<u64>,
+    /// Most tasks submitted and not yet seen finished at once (throughput, ledger build).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Capacity of each local slave [default: sleepy 1, otherwise 256].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub capacity: Option<u32>,
+    /// `--when-full` of the local master [default: queue].
+    #[arg(long, value_enum)]
+    pub when_full: Option<WhenFull>,
+    /// Run the two local slaves as `slave` processes (so their RSS is measured) instead
+    /// of inside the master process.
+    #[arg(long)]
+    pub slave_processes: bool,
+    /// Ledger file of the local master; kept afterwards, and a ledger workload reuses the
+    /// finished tasks it already holds [default: a temporary file].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Read requests timed by the ledger workload, per kind.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub samples: u64,
+    /// Give up (exit non-zero) past this total time [default: ledger 2h, otherwise 10m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Print one JSON object instead of a table (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Task(args) => Ok(client::task(args).await?),
         Command::Cancel(args) => Ok(client::cancel(args).await?),
         Command::Slaves(args) => Ok(client::slaves(args).await?),
+        Command::Bench(args) => Ok(master::bench::run(args).await?),
     }
 }
 

@@ -1,0 +1,345 @@
+//! The cluster under load: a local one the bench starts from the real binaries (a
+//! `master serve` child, and `slave` children with `--slave-processes`), or a running
+//! master on loopback given with `--master`. Children are reaped on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+};
+
+use super::{BenchError, api::Api};
+use crate::config::WhenFull;
+
+/// How long a child may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a child gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pacing of "is it there yet" probes while a cluster starts.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How the bench wants its local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalSpec {
+    pub capacity: u32,
+    pub when_full: WhenFull,
+    pub slave_processes: bool,
+    /// The ledger file; `None` for one in a temporary directory.
+    pub db: Option<PathBuf>,
+}
+
+/// A running child that printed `listening on http://ADDR`.
+pub struct Process {
+    name: String,
+    child: Child,
+    pub url: String,
+    /// Time from spawn to the `listening on` line.
+    pub started_in: Duration,
+}
+
+impl Process {
+    /// Spawns `program args` with stderr to `log` and waits for its `listening on` line.
+    async fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, BenchError> {
+        let started = Instant::now();
+        let log_file = std::fs::File::create(log)
+            .map_err(|error| BenchError::Start(format!("cannot create {}: {error}", log.display())))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true) // a bench that fails half-way leaves no cluster behind
+            .spawn()
+            .map_err(|error| BenchError::Start(format!("cannot run {}: {error}", program.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| BenchError::Start(format!("{name}: no stdout")))?;
+        let (found, listening) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut found = Some(found);
+            let mut lines = BufReader::new(stdout).lines();
+            // Keep draining after the line we want, so the child never blocks on a full pipe.
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("listening on ")
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = match tokio::time::timeout(START_TIMEOUT, listening).await {
+            Ok(Ok(url)) => url,
+            _ => {
+                let _ = child.kill().await;
+                let tail = log_tail(log);
+                return Err(BenchError::Start(format!(
+                    "{name} never printed its `listening on` line; its log ends:\n{tail}"
+                )));
+            }
+        };
+        Ok(Self { name: name.to_owned(), child, url, started_in: started.elapsed() })
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in MiB; `None` once it has exited.
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        peak_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// SIGTERM (graceful: the ledger is checkpointed and closed), then SIGKILL past
+    /// [`STOP_TIMEOUT`].
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: signals our own child, whose pid cannot be reused before we wait on it.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                let _ = self.child.kill().await;
+                Err(BenchError::Incomplete(format!("{} did not stop within {STOP_TIMEOUT:?}", self.name)))
+            }
+        }
+    }
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` text, in KiB.
+fn peak_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The cluster a workload drives.
+pub struct Cluster {
+    pub api: Api,
+    /// What the report calls it.
+    pub description: String,
+    local: Option<Local>,
+}
+
+struct Local {
+    /// Holds the temporary ledger and logs; removed on drop.
+    dir: tempfile::TempDir,
+    spec: LocalSpec,
+    db: PathBuf,
+    /// `None` only between the stop and the start of a restart.
+    master: Option<Process>,
+    slaves: Vec<Process>,
+}
+
+impl Cluster {
+    /// A running master on loopback (SPEC §10: the bench only ever targets this machine).
+    pub async fn existing(url: &str, api_timeout: Duration) -> Result<Self, BenchError> {
+        let base = loopback_base(url)?;
+        let api = Api::new(&base, api_timeout)?;
+        api.healthz().await.map_err(|error| BenchError::Start(format!("{base} is not healthy: {error}")))?;
+        Ok(Self { api, description: format!("existing master at {base}"), local: None })
+    }
+
+    /// Starts a master (and its two slaves) from the binaries beside this one.
+    pub async fn start(spec: LocalSpec, api_timeout: Duration) -> Result<Self, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix("master-bench-")
+            .tempdir()
+            .map_err(|error| BenchError::Start(format!("cannot make a temporary directory: {error}")))?;
+        let db = spec.db.clone().unwrap_or_else(|| dir.path().join("master.db"));
+        let master = spawn_master(&spec, &db, dir.path(), "master").await?;
+        let api = Api::new(&master.url, api_timeout)?;
+        let master_url = master.url.clone();
+        let mut local = Local { dir, spec, db, master: Some(master), slaves: Vec::new() };
+        if local.spec.slave_processes {
+            for name in ["slave-1", "slave-2"] {
+                // One after the other, each registered before the next starts, so the
+                // order is slave-1, slave-2 as with --local-slaves.
+                let slave = spawn_slave(name, &local, &master_url, &api).await?;
+                local.slaves.push(slave);
+            }
+        }
+        wait_for_slaves(&api, 2).await?;
+        let kind = if local.spec.slave_processes { "slave processes" } else { "in-process slaves" };
+        let description = format!(
+            "local: master + 2 {kind} of capacity {}, --when-full {}",
+            local.spec.capacity,
+            when_full_flag(local.spec.when_full)
+        );
+        Ok(Self { api, description, local: Some(local) })
+    }
+
+    /// The ledger file of a local cluster.
+    pub fn db(&self) -> Option<&Path> {
+        self.local.as_ref().map(|local| local.db.as_path())
+    }
+
+    /// Peak RSS of the master process, in MiB (local clusters only).
+    pub fn master_peak_rss_mb(&self) -> Option<f64> {
+        self.local.as_ref()?.master.as_ref()?.peak_rss_mb()
+    }
+
+    /// The larger peak RSS of the two slave processes, in MiB (`--slave-processes` only).
+    pub fn slave_peak_rss_mb(&self) -> Option<f64> {
+        self.local.as_ref()?.slaves.iter().filter_map(Process::peak_rss_mb).reduce(f64::max)
+    }
+
+    /// Stops the master (gracefully: two masters must never share a ledger) and starts
+    /// it again on the same file; gives the time from spawn to `listening on`, and to
+    /// the first `GET /healthz` 200.
+    pub async fn restart_master(&mut self) -> Result<(Duration, Duration), BenchError> {
+        let Some(local) = self.local.as_mut() else {
+            return Err(BenchError::Incomplete("restarting needs a local cluster (no --master)".to_owned()));
+        };
+        for slave in std::mem::take(&mut local.slaves) {
+            slave.stop().await?;
+        }
+        if let Some(master) = local.master.take() {
+            master.stop().await?;
+        }
+        let started = Instant::now();
+        let master = spawn_master(&local.spec, &local.db, local.dir.path(), "master-restarted").await?;
+        let listening = master.started_in;
+        self.api = Api::new(&master.url, self.api.timeout())?;
+        local.master = Some(master);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.api.healthz().await.is_err() {
+            if Instant::now() > deadline {
+                return Err(BenchError::Start("restarted master never answered GET /healthz 200".to_owned()));
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        Ok((listening, started.elapsed()))
+    }
+
+    /// Stops every child; the master first gets SIGTERM so the ledger closes cleanly.
+    pub async fn stop(self) -> Result<(), BenchError> {
+        let Some(local) = self.local else { return Ok(()) };
+        for slave in local.slaves {
+            slave.stop().await?;
+        }
+        match local.master {
+            Some(master) => master.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Local {
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+}
+
+async fn spawn_master(spec: &LocalSpec, db: &Path, dir: &Path, name: &str) -> Result<Process, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|error| BenchError::Start(format!("cannot find the master binary: {error}")))?;
+    let local_slaves = if spec.slave_processes { 0 } else { 2 };
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        db.display().to_string(),
+        "--local-slaves".into(),
+        local_slaves.to_string(),
+        "--local-slave-capacity".into(),
+        spec.capacity.to_string(),
+        "--when-full".into(),
+        when_full_flag(spec.when_full).into(),
+    ];
+    Process::spawn(name, &exe, &args, &dir.join(format!("{name}.log"))).await
+}
+
+async fn spawn_slave(name: &str, local: &Local, master_url: &str, api: &Api) -> Result<Process, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|error| BenchError::Start(format!("cannot find the master binary: {error}")))?;
+    let slave_bin = exe.with_file_name("slave");
+    if !slave_bin.exists() {
+        return Err(BenchError::Start(format!(
+            "--slave-processes needs {}: build it with `cargo build --release -p slave`",
+            slave_bin.display()
+        )));
+    }
+    let args: Vec<String> = vec![
+        "--master".into(),
+        master_url.to_owned(),
+        "--name".into(),
+        name.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--capacity".into(),
+        local.spec.capacity.to_string(),
+    ];
+    let slave = Process::spawn(name, &slave_bin, &args, &local.log(name)).await?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !api.slave_names_up().await?.iter().any(|up| up == name) {
+        if Instant::now() > deadline {
+            return Err(BenchError::Start(format!("{name} never showed up in GET /slaves")));
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Ok(slave)
+}
+
+async fn wait_for_slaves(api: &Api, count: usize) -> Result<(), BenchError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while api.slave_names_up().await?.len() < count {
+        if Instant::now() > deadline {
+            return Err(BenchError::Start(format!("fewer than {count} slaves are up in GET /slaves")));
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Ok(())
+}
+
+fn when_full_flag(when_full: WhenFull) -> &'static str {
+    match when_full {
+        WhenFull::Reject => "reject",
+        WhenFull::Queue => "queue",
+    }
+}
+
+/// `url` without a trailing slash, if its host is a loopback address.
+pub fn loopback_base(url: &str) -> Result<String, BenchError> {
+    let parsed = reqwest::Url::parse(url).map_err(|error| BenchError::Target(format!("`{url}`: {error}")))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+    let loopback = host == "localhost" || ip.is_ok_and(|ip| ip.is_loopback());
+    if parsed.scheme() != "http" || !loopback {
+        return Err(BenchError::Target(format!(
+            "`{url}`: the bench only drives http masters on this machine (127.0.0.1, [::1], localhost)"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_is_read_from_vmhwm() {
+        let status = "Name:\tmaster\nVmPeak:\t  900 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        assert_eq!(peak_rss_kib(status), Some(20480));
+        assert_eq!(peak_rss_kib("Name:\tzombie\n"), None);
+    }
+
+    #[test]
+    fn only_loopback_masters_are_targets() {
+        assert_eq!(loopback_base("http://127.0.0.1:8080/").unwrap(), "http://127.0.0.1:8080");
+        assert!(loopback_base("http://localhost:1").is_ok());
+        assert!(loopback_base("http://[::1]:1").is_ok());
+        assert!(loopback_base("http://10.0.0.1:8080").is_err());
+        assert!(loopback_base("http://example.com").is_err());
+        assert!(loopback_base("https://127.0.0.1:1").is_err());
+        assert!(loopback_base("not a url").is_err());
+    }
+}

@@ -40,7 +40,10 @@ fn harness() -> Harness {
 
 fn submit(harness: &Harness, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
     harness.runtime.block_on(async {
-        let request = Request::post("/tasks").header("content-type", "application/json").body(Body::from(body)).unwrap();
+        let request = Request::post("/tasks")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
         let response = harness.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();

@@ -73,10 +73,10 @@ impl Process {
             let mut sender = Some(sender);
             // Keep draining after the first line so the child never blocks on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    if let Some(sender) = sender.take() {
-                        let _ = sender.send(url.trim().to_owned());
-                    }
+                if let Some(url) = line.strip_prefix("listening on ")
+                    && let Some(sender) = sender.take()
+                {
+                    let _ = sender.send(url.trim().to_owned());
                 }
             }
         });
@@ -113,7 +113,11 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("wait for child") {
                 return status;
             }
-            assert!(started.elapsed() < deadline, "{} did not exit within {deadline:?} of SIGTERM", self.name);
+            assert!(
+                started.elapsed() < deadline,
+                "{} did not exit within {deadline:?} of SIGTERM",
+                self.name
+            );
             std::thread::sleep(POLL_INTERVAL);
         }
     }
@@ -223,7 +227,9 @@ where
 
 /// Master flags for crash tests: a slave is down after 1 s of silence.
 pub fn fast_failure_detection() -> Vec<String> {
-    ["--slave-timeout", "1s", "--heartbeat-interval", "200ms", "--offer-timeout", "1s"].map(String::from).to_vec()
+    ["--slave-timeout", "1s", "--heartbeat-interval", "200ms", "--offer-timeout", "1s"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Slave flags for crash tests: heartbeat every 200 ms.
@@ -409,5 +415,9 @@ pub fn spawn_master(db: &Path, options: &MasterOptions) -> Process {
 /// Opens a ledger file read-only (WAL allows it beside a running master).
 pub async fn open_ledger(db: &Path) -> sqlx::SqlitePool {
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
-    sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open ledger")
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open ledger")
 }

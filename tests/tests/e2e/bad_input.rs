@@ -32,7 +32,8 @@ async fn every_malformed_submission_gets_400_with_its_code_and_stores_nothing() 
         assert_eq!(reply.status_and_code(), (400, *code), "body {body}: {:?}", reply.body);
         assert!(!reply.body["message"].as_str().unwrap_or("").is_empty(), "a message for {body}");
     }
-    for raw in ["not json", "{\"expression\": ", "", "{\"expression\": \"1\", \"variables\": {\"x\": 1e999}}"] {
+    for raw in ["not json", "{\"expression\": ", "", "{\"expression\": \"1\", \"variables\": {\"x\": 1e999}}"]
+    {
         let reply = cluster.http.post_raw(&cluster.url("/tasks"), raw.to_owned()).await;
         assert_eq!(reply.status_and_code(), (400, "invalid_request"), "raw body {raw:?}: {:?}", reply.body);
     }
@@ -93,7 +94,10 @@ async fn unknown_ids_routes_and_parameters_answer_in_the_error_shape() {
     assert_eq!(http.delete(&cluster.url("/tasks/999")).await.status_and_code(), (404, "not_found"));
     assert_eq!(http.get(&cluster.url("/tasks/abc")).await.status_and_code(), (400, "invalid_request"));
     assert_eq!(http.get(&cluster.url("/nowhere")).await.status_and_code(), (404, "not_found"));
-    assert_eq!(http.get(&cluster.url("/tasks?status=sleeping")).await.status_and_code(), (400, "invalid_request"));
+    assert_eq!(
+        http.get(&cluster.url("/tasks?status=sleeping")).await.status_and_code(),
+        (400, "invalid_request")
+    );
     assert_eq!(http.get(&cluster.url("/tasks?limit=0")).await.status_and_code(), (400, "invalid_request"));
     assert_eq!(http.get(&cluster.url("/tasks?limit=1001")).await.status_and_code(), (400, "invalid_request"));
     assert_eq!(http.get(&cluster.url("/tasks/1?wait=61")).await.status_and_code(), (400, "invalid_request"));

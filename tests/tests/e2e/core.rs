@@ -30,7 +30,8 @@ async fn seed_walkthrough_assigns_in_order_then_answers_full_capacity_and_both_t
 
     let listed = cluster.http.get(&cluster.url("/get-tasks")).await;
     assert_eq!(listed.status, 200);
-    let statuses: Vec<&Value> = listed.body["tasks"].as_array().unwrap().iter().map(|t| &t["status"]).collect();
+    let statuses: Vec<&Value> =
+        listed.body["tasks"].as_array().unwrap().iter().map(|t| &t["status"]).collect();
     assert_eq!(statuses, vec!["in_progress", "in_progress"], "the refused task left no row");
     assert_eq!(listed.body["counts"]["in_progress"], 2);
 
@@ -46,16 +47,20 @@ async fn seed_walkthrough_assigns_in_order_then_answers_full_capacity_and_both_t
     assert_eq!(done["attempts"], 1);
 
     let listed = cluster.http.get(&cluster.url("/tasks")).await.body;
-    assert_eq!(listed["counts"], json!({"pending": 0, "in_progress": 0, "done": 2, "failed": 0, "cancelled": 0}));
+    assert_eq!(
+        listed["counts"],
+        json!({"pending": 0, "in_progress": 0, "done": 2, "failed": 0, "cancelled": 0})
+    );
 
     let ledger = cluster.ledger().await;
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks").fetch_one(&ledger).await.unwrap();
     assert_eq!(rows, 2, "full capacity stored nothing");
-    let trail: Vec<String> = sqlx::query_scalar("SELECT kind FROM task_events WHERE task_id = ?1 ORDER BY id")
-        .bind(first_id)
-        .fetch_all(&ledger)
-        .await
-        .unwrap();
+    let trail: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM task_events WHERE task_id = ?1 ORDER BY id")
+            .bind(first_id)
+            .fetch_all(&ledger)
+            .await
+            .unwrap();
     assert_eq!(trail, vec!["submitted", "assigned", "done"]);
 }
 

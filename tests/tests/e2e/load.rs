@@ -65,7 +65,8 @@ async fn a_hundred_clients_for_thirty_seconds_meet_only_full_capacity_and_every_
     let mut stored = BTreeSet::new();
     let mut after = 0;
     loop {
-        let page = cluster.http.get(&cluster.url(&format!("/tasks?status=done&limit=1000&after={after}"))).await;
+        let page =
+            cluster.http.get(&cluster.url(&format!("/tasks?status=done&limit=1000&after={after}"))).await;
         assert_eq!(page.status, 200);
         for task in page.body["tasks"].as_array().unwrap() {
             stored.insert(task["id"].as_i64().unwrap());

@@ -5,7 +5,8 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_master_killed_with_tasks_done_running_and_pending_restarts_with_every_state_intact() {
-    let options = MasterOptions { args: vec!["--when-full".into(), "queue".into()], ..MasterOptions::default() };
+    let options =
+        MasterOptions { args: vec!["--when-full".into(), "queue".into()], ..MasterOptions::default() };
     let mut cluster = Cluster::start_with(options, Vec::new(), &[1, 1]).await;
 
     let done = cluster.submit("6*7", 0).await;
@@ -29,7 +30,10 @@ async fn a_master_killed_with_tasks_done_running_and_pending_restarts_with_every
     {
         let ledger = cluster.ledger().await;
         let states: Vec<(i64, String, Option<f64>)> =
-            sqlx::query_as("SELECT id, status, result FROM tasks ORDER BY id").fetch_all(&ledger).await.unwrap();
+            sqlx::query_as("SELECT id, status, result FROM tasks ORDER BY id")
+                .fetch_all(&ledger)
+                .await
+                .unwrap();
         assert_eq!(
             states,
             vec![
@@ -46,7 +50,11 @@ async fn a_master_killed_with_tasks_done_running_and_pending_restarts_with_every
     assert_eq!((&kept["status"], &kept["result"]), (&json!("done"), &json!(42.0)));
     for (id, expected) in running.iter().zip([2.0, 4.0]) {
         let task = cluster.wait_final(*id).await;
-        assert_eq!((task["status"].as_str(), task["result"].as_f64()), (Some("done"), Some(expected)), "{task}");
+        assert_eq!(
+            (task["status"].as_str(), task["result"].as_f64()),
+            (Some("done"), Some(expected)),
+            "{task}"
+        );
         assert_eq!(task["attempts"], 1, "the late result of the first attempt was recorded");
     }
     let task = cluster.wait_final(queued_id).await;

@@ -145,6 +145,20 @@ impl Api {
         Ok(list.slaves.into_iter().filter(|s| s.state == "up").map(|s| s.name).collect())
     }
 
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> Result<String, BenchError> {
+        let response = self.http.get(format!("{}/metrics", self.base)).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(BenchError::Api {
+                call: "GET /metrics",
+                status: status.as_u16(),
+                body: String::new(),
+            });
+        }
+        Ok(response.text().await?)
+    }
+
     /// `GET /healthz` answered 200.
     pub async fn healthz(&self) -> Result<(), BenchError> {
         let response = self.http.get(format!("{}/healthz", self.base)).send().await?;

@@ -91,6 +91,11 @@ impl Process {
         peak_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
     }
 
+    /// CPU seconds (user + system) used so far; `None` once it has exited.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        super::probe::cpu_seconds(&self.child.id()?.to_string())
+    }
+
     /// SIGTERM (graceful: the ledger is checkpointed and closed), then SIGKILL past
     /// [`STOP_TIMEOUT`].
     pub async fn stop(mut self) -> Result<(), BenchError> {
@@ -189,6 +194,16 @@ impl Cluster {
     /// The larger peak RSS of the two slave processes, in MiB (`--slave-processes` only).
     pub fn slave_peak_rss_mb(&self) -> Option<f64> {
         self.local.as_ref()?.slaves.iter().filter_map(Process::peak_rss_mb).reduce(f64::max)
+    }
+
+    /// CPU seconds the master process used so far (local clusters only).
+    pub fn master_cpu_seconds(&self) -> Option<f64> {
+        self.local.as_ref()?.master.as_ref()?.cpu_seconds()
+    }
+
+    /// CPU seconds the slave processes used so far, together (`--slave-processes` only).
+    pub fn slaves_cpu_seconds(&self) -> Option<f64> {
+        self.local.as_ref()?.slaves.iter().filter_map(Process::cpu_seconds).reduce(|a, b| a + b)
     }
 
     /// Stops the master (gracefully: two masters must never share a ledger) and starts

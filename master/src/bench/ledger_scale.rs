@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{BenchError, Percentiles, Report, Run, api::Api, cluster::Cluster, stats::Rng, throughput};
+use super::{
+    BenchError, Percentiles, Report, Run, api::Api, cluster::Cluster, probe::Probe, stats::Rng, throughput,
+};
 
 /// Reads sent before the timed ones.
 const WARM_UP_READS: u64 = 50;
@@ -62,7 +64,9 @@ async fn build(cluster: &Cluster, run: &Run, report: &mut Report) -> Result<(), 
         return Ok(());
     }
     run.phase("build", missing);
+    let before = Probe::read(cluster).await;
     let outcome = throughput::drive(&cluster.api, run, finished, missing).await?;
+    report.set("build_where_time_went", before.since(&Probe::read(cluster).await, missing));
     report.set("build_s", outcome.elapsed.as_secs_f64());
     report.set("build_tasks_per_s", outcome.throughput());
     report.set("build_concurrency", run.concurrency);

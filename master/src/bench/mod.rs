@@ -9,6 +9,7 @@
 //!   completion read back from the ledger (`throughput` workload, ledger build).
 //! - `rounds`     — one-at-a-time round trips (`latency`) and the `sleepy` makespan.
 //! - `ledger_scale` — a ledger of many finished tasks: reads, start-up, file size.
+//! - `probe`      — CPU of each process and the ledger writer's figures during a phase.
 //! - `stats`      — percentiles, the expression generator, a seeded random source.
 //! - `report`     — the summary table or the one JSON object.
 //!
@@ -18,6 +19,7 @@
 mod api;
 mod cluster;
 mod ledger_scale;
+mod probe;
 mod report;
 mod rounds;
 mod stats;

@@ -10,6 +10,7 @@ use super::{
     BenchError, LONG_POLL, Percentiles, Report, Run,
     api::{Api, Submission, Task},
     cluster::Cluster,
+    probe::Probe,
     stats,
 };
 
@@ -35,6 +36,7 @@ async fn measure_latency(cluster: &Cluster, run: &Run) -> Result<Report, BenchEr
     run.phase("latency", run.tasks);
     let mut report = Report::new("latency", &cluster.description, run.tasks);
     let (mut rounds, mut submits) = (Vec::new(), Vec::new());
+    let before = Probe::read(cluster).await;
     let started = Instant::now();
     for n in 0..run.tasks {
         run.check_deadline("running latency rounds")?;
@@ -49,6 +51,7 @@ async fn measure_latency(cluster: &Cluster, run: &Run) -> Result<Report, BenchEr
         run.progress.inc(1);
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
+    report.set("where_time_went", before.since(&Probe::read(cluster).await, run.tasks));
     report.throughput_per_s = Some(run.tasks as f64 / report.elapsed_s.max(f64::MIN_POSITIVE));
     report.latency_ms = Percentiles::of(&mut rounds);
     report.set("latency_is", "POST /tasks + GET /tasks/{id}?wait=10 until final, one at a time");

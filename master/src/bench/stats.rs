@@ -95,6 +95,27 @@ impl Rng {
     }
 }
 
+/// The value of an unlabelled sample `name` in Prometheus text (e.g. a histogram's
+/// `_sum` or `_count`).
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// CPU seconds (user + system) of a `/proc/<pid>/stat` line, with `ticks` clock ticks
+/// per second. The command name may hold spaces and parentheses: fields are counted
+/// from the last `)`.
+pub fn cpu_seconds_of_stat(stat: &str, ticks: f64) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); field 3 (state) is the first here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +175,21 @@ mod tests {
         let distinct: std::collections::HashSet<&String> = texts.iter().collect();
         assert_eq!(distinct.len(), texts.len());
         assert_eq!(expression(7).1.get("x"), Some(&7.5));
+    }
+
+    #[test]
+    fn metric_values_are_read_by_exact_name() {
+        let text = "# HELP x\nmaster_ledger_batch_writes_sum 1234.0\nmaster_ledger_batch_writes_count 56\n";
+        assert_eq!(metric_value(text, "master_ledger_batch_writes_count"), Some(56.0));
+        assert_eq!(metric_value(text, "master_ledger_batch_writes_sum"), Some(1234.0));
+        assert_eq!(metric_value(text, "master_ledger_batch_writes"), None);
+    }
+
+    #[test]
+    fn cpu_seconds_count_fields_after_the_command_name() {
+        let stat = "4242 (tokio (rt) x) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 8 0 100 2000 300";
+        assert_eq!(cpu_seconds_of_stat(stat, 100.0), Some(4.0));
+        assert_eq!(cpu_seconds_of_stat("garbage", 100.0), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::{
     BenchError, Percentiles, Report, Run,
     api::{Api, Submission},
     cluster::Cluster,
+    probe::Probe,
     stats,
 };
 
@@ -72,8 +73,11 @@ pub async fn workload(cluster: Cluster, run: &Run) -> (Cluster, Result<Report, B
 
 async fn measure(cluster: &Cluster, run: &Run) -> Result<Report, BenchError> {
     run.phase("throughput", run.tasks);
+    let before = Probe::read(cluster).await;
     let outcome = drive(&cluster.api, run, 0, run.tasks).await?;
+    let after = Probe::read(cluster).await;
     let mut report = Report::new("throughput", &cluster.description, run.tasks);
+    report.set("where_time_went", before.since(&after, outcome.ok + outcome.failed));
     fill(&mut report, outcome);
     report.set("concurrency", run.concurrency);
     report.set("latency_is", "POST /tasks round trip (submit latency)");

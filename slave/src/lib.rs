@@ -3,6 +3,7 @@
 //! - `protocol` — wire types shared with the master; the only definition of the wire.
 //! - `eval`     — meval behind `catch_unwind`: a finite value or an error in words.
 //! - `slots`    — the tasks this slave holds and the capacity they occupy.
+//! - `metrics`  — Prometheus metrics at `GET /metrics`.
 //! - `server`   — HTTP: `POST /tasks` (offer), `GET /availability`, `DELETE /tasks/{id}`.
 //! - `reporter` — calls to the master: register, heartbeat, result with backoff.
 //! - `serve`    — HTTP/1.1 serving with a header read timeout (used by the master too).
@@ -10,6 +11,7 @@
 
 pub mod auth;
 pub mod eval;
+pub mod metrics;
 pub mod protocol;
 pub mod reporter;
 pub mod serve;
@@ -21,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth::Token, reporter::Reporter, slots::Slots};
+use crate::{auth::Token, metrics::SlaveMetrics, reporter::Reporter, slots::Slots};
 
 /// Default time between heartbeats (SPEC §7).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -52,6 +54,7 @@ pub struct SlaveState {
     pub token: Token,
     /// Every task run, so shutdown can wait for them.
     pub runs: TaskTracker,
+    pub metrics: SlaveMetrics,
 }
 
 /// Serves on `listener`, registers with the master and heartbeats until `stop` is
@@ -63,12 +66,14 @@ pub async fn run(listener: TcpListener, config: SlaveConfig, stop: CancellationT
         None => format!("http://{}", listener.local_addr()?),
     };
     let slots = Arc::new(Slots::new(config.capacity));
-    let reporter = Reporter::new(&config, advertised, slots.clone())?;
+    let metrics = SlaveMetrics::new(config.capacity);
+    let reporter = Reporter::new(&config, advertised, slots.clone(), metrics.clone())?;
     let state = SlaveState {
         slots: slots.clone(),
         reporter: reporter.clone(),
         token: config.token.clone(),
         runs: TaskTracker::new(),
+        metrics,
     };
 
     let serving = CancellationToken::new();

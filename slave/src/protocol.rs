@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The words the original demo used; clients and the dashboard match on them.
 pub const AVAILABLE: &str = "I am available";
@@ -44,7 +45,7 @@ impl Availability {
 }
 
 /// Slave → master `POST /slaves`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Registration {
     pub name: String,
     pub url: String,
@@ -52,7 +53,7 @@ pub struct Registration {
 }
 
 /// Master → slave: the answer to a registration.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Registered {
     pub id: i64,
     pub position: i64,
@@ -60,7 +61,7 @@ pub struct Registered {
 
 /// Slave → master `POST /slaves/{id}/heartbeat`: every task the slave still holds,
 /// running or with a result not yet delivered.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Heartbeat {
     pub running: Vec<i64>,
     /// The slave is shutting down: it takes no more offers, so every task it does not
@@ -70,7 +71,7 @@ pub struct Heartbeat {
 }
 
 /// How a task ended on the slave.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A finite result.
@@ -80,7 +81,7 @@ pub enum Outcome {
 }
 
 /// Slave → master `POST /tasks/{id}/result`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ResultReport {
     pub slave_id: i64,
     pub attempt: i64,

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     SlaveConfig,
     auth::Token,
+    metrics::SlaveMetrics,
     protocol::{Heartbeat, Outcome, Registered, Registration, ResultReport},
     slots::Slots,
 };
@@ -38,6 +39,7 @@ struct Inner {
     /// The id the master gave this slave; `None` until the first registration succeeds.
     slave_id: watch::Sender<Option<i64>>,
     slots: Arc<Slots>,
+    metrics: SlaveMetrics,
 }
 
 /// An HTTP client with the timeouts of SPEC §8 and no redirects.
@@ -52,7 +54,12 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
 
 impl Reporter {
     /// A reporter for the slave described by `config`, reachable at `advertised_url`.
-    pub fn new(config: &SlaveConfig, advertised_url: String, slots: Arc<Slots>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &SlaveConfig,
+        advertised_url: String,
+        slots: Arc<Slots>,
+        metrics: SlaveMetrics,
+    ) -> anyhow::Result<Self> {
         let registration = Registration {
             name: config.name.clone(),
             url: advertised_url,
@@ -66,6 +73,7 @@ impl Reporter {
                 token: config.token.clone(),
                 slave_id: watch::Sender::new(None),
                 slots,
+                metrics,
             }),
         })
     }
@@ -172,6 +180,7 @@ impl Reporter {
                 Ok(status) => tracing::warn!(task_id, %status, "result refused; retrying"),
                 Err(error) => tracing::warn!(task_id, %error, "result not delivered; retrying"),
             }
+            self.inner.metrics.result_retries.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

@@ -14,6 +14,7 @@ use crate::{
     SlaveState,
     auth::require_token,
     eval,
+    metrics::Outcome as MetricOutcome,
     protocol::{Availability, ErrorBody, Offer, Outcome},
     slots::Reservation,
 };
@@ -31,6 +32,7 @@ pub fn router(state: SlaveState) -> Router {
     Router::new()
         .route("/availability", get(availability))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .merge(protected)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -41,6 +43,14 @@ async fn availability(State(state): State<SlaveState>) -> Json<Availability> {
     Json(Availability::new(slots.is_available(), slots.running(), slots.capacity()))
 }
 
+/// Prometheus text format.
+async fn metrics(State(state): State<SlaveState>) -> Response {
+    let running = i64::try_from(state.slots.running()).unwrap_or(i64::MAX);
+    state.metrics.running.set(running);
+    let content_type = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    (content_type, state.metrics.render()).into_response()
+}
+
 /// "Are you available?" and the assignment in one step: 202 with the slot reserved, or 409.
 async fn offer(State(state): State<SlaveState>, body: Result<Json<Offer>, JsonRejection>) -> Response {
     let Json(offer) = match body {
@@ -49,6 +59,8 @@ async fn offer(State(state): State<SlaveState>, body: Result<Json<Offer>, JsonRe
     };
     let capacity = state.slots.capacity();
     let (reservation, cancel) = state.slots.reserve(offer.task_id, offer.attempt);
+    let answer = if matches!(reservation, Reservation::Full { .. }) { "refused" } else { "accepted" };
+    state.metrics.offers.get_or_create(&MetricOutcome { outcome: answer }).inc();
     match reservation {
         Reservation::Reserved { running } => {
             tracing::debug!(task_id = offer.task_id, attempt = offer.attempt, "offer accepted");
@@ -75,10 +87,14 @@ async fn run(state: SlaveState, offer: Offer, cancel: tokio_util::sync::Cancella
             () = cancel.cancelled() => return,
         }
     }
+    let started = std::time::Instant::now();
     let outcome = match eval::evaluate(&offer.expression, &offer.variables) {
         Ok(value) => Outcome::Value(value),
         Err(error) => Outcome::Error(error.to_string()),
     };
+    state.metrics.eval_seconds.observe(started.elapsed().as_secs_f64());
+    let kind = if matches!(outcome, Outcome::Value(_)) { "value" } else { "error" };
+    state.metrics.tasks_finished.get_or_create(&MetricOutcome { outcome: kind }).inc();
     state.slots.finish_running(offer.task_id, offer.attempt);
     tokio::select! {
         () = state.reporter.deliver_result(offer.task_id, offer.attempt, outcome) => {}

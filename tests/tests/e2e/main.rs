@@ -4,6 +4,7 @@
 mod bad_input;
 mod core;
 mod load;
+mod metrics;
 mod reliability;
 mod restart;
 mod security;

@@ -41,6 +41,11 @@ pub enum Command {
     Cancel(TaskArgs),
     /// List slaves in registration order.
     Slaves(ClientArgs),
+    /// Print a shell completion script, e.g. `master completions bash > /etc/bash_completion.d/master`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Drive a cluster (by default a fresh local one) and print throughput and latency.
     Bench(BenchArgs),
 }
@@ -165,6 +170,12 @@ pub struct TasksArgs {
     /// Only tasks with an id above this.
     #[arg(long)]
     pub after: Option<i64>,
+    /// Redraw the table every `--interval` until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between redraws with `--watch`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
     #[command(flatten)]
     pub client: ClientArgs,
 }

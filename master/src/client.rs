@@ -82,9 +82,7 @@ pub async fn submit(args: SubmitArgs) -> Result<(), ClientError> {
         client.print(&submitted, |v| format!("task {}: {}\n", v["id"], text(&v["message"])));
         return Ok(());
     }
-    if !client.json {
-        eprintln!("task {}: {}; waiting for the result...", submitted["id"], text(&submitted["message"]));
-    }
+    let spinner = waiting_spinner(client.json, &submitted);
     let id = submitted["id"].as_i64().unwrap_or_default();
     let task = loop {
         let task = client.get(&format!("/tasks/{id}?wait={WAIT_STEP_SECONDS}")).await?;
@@ -92,8 +90,22 @@ pub async fn submit(args: SubmitArgs) -> Result<(), ClientError> {
             break task;
         }
     };
+    spinner.finish_and_clear();
     client.print(&task, task_table);
     finished_ok(&task)
+}
+
+/// A spinner on stderr while `submit --wait` waits; hidden for `--json` and when stderr
+/// is not a terminal (indicatif draws nothing then), so scripts see clean output.
+fn waiting_spinner(json: bool, submitted: &Value) -> indicatif::ProgressBar {
+    let spinner = if json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    spinner.set_message(format!(
+        "task {}: {}; waiting for the result",
+        submitted["id"],
+        text(&submitted["message"])
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
 }
 
 fn finished_ok(task: &Value) -> Result<(), ClientError> {
@@ -107,17 +119,32 @@ fn finished_ok(task: &Value) -> Result<(), ClientError> {
     }
 }
 
-/// `master tasks`.
+/// `master tasks`, once or (`--watch`) redrawn every `--interval` until ctrl-c.
 pub async fn tasks(args: TasksArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
     let mut query = vec![("limit", args.limit.to_string())];
-    if let Some(status) = args.status {
-        query.push(("status", status));
+    if let Some(status) = &args.status {
+        query.push(("status", status.clone()));
     }
     if let Some(after) = args.after {
         query.push(("after", after.to_string()));
     }
-    let request = client.http.get(format!("{}/tasks", client.base)).query(&query);
+    if !args.watch {
+        return print_tasks(&client, &query).await;
+    }
+    loop {
+        // Clear the screen and home the cursor, then redraw: a plain `watch`-style view.
+        print!("\x1b[2J\x1b[H");
+        print_tasks(&client, &query).await?;
+        tokio::select! {
+            () = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn print_tasks(client: &Client, query: &[(&str, String)]) -> Result<(), ClientError> {
+    let request = client.http.get(format!("{}/tasks", client.base)).query(query);
     let list = client.call(request).await?;
     client.print(&list, |list| {
         let rows: Vec<Vec<String>> = list["tasks"].as_array().into_iter().flatten().map(task_row).collect();

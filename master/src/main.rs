@@ -21,6 +21,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Cancel(args) => Ok(client::cancel(args).await?),
         Command::Slaves(args) => Ok(client::slaves(args).await?),
         Command::Bench(args) => Ok(master::bench::run(args).await?),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "master", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

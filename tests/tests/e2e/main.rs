@@ -2,6 +2,7 @@
 //! One test binary (one link) for every scenario.
 
 mod bad_input;
+mod cli;
 mod core;
 mod load;
 mod metrics;

@@ -138,6 +138,15 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_inside_meval_becomes_an_error() {
+        // meval 0.2 panics ("Stack is empty") on whitespace-only input; found by
+        // enumerating short token sequences. The master refuses blanks before this, but
+        // an offer can still carry one.
+        assert_eq!(evaluate("   ", &Variables::new()), Err(EvalError::Panicked));
+        assert_eq!(check(" ", &Variables::new()), Err(EvalError::Panicked));
+    }
+
+    #[test]
     fn hostile_inputs_never_panic_the_caller() {
         let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
         let inputs = [

@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Start this many slaves in this process on loopback, registered as slave-1, slave-2, ...
     #[arg(long, env = "MASTER_LOCAL_SLAVES", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub local_slaves: u16,
+    /// Most ledger writes committed in one transaction (group commit); 1 commits each
+    /// write alone, for comparing in benchmarks.
+    #[arg(long, env = "MASTER_LEDGER_MAX_BATCH", default_value_t = crate::ledger::DEFAULT_MAX_BATCH as u16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub ledger_max_batch: u16,
     /// Capacity of each local slave.
     #[arg(long, env = "MASTER_LOCAL_SLAVE_CAPACITY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub local_slave_capacity: u32,
@@ -111,6 +115,7 @@ impl ServeArgs {
             max_attempts: self.max_attempts,
             local_slaves: usize::from(self.local_slaves),
             local_slave_capacity: self.local_slave_capacity as usize,
+            ledger_max_batch: usize::from(self.ledger_max_batch),
         };
         config.check_exposure(insecure)?;
         if config.slave_timeout <= config.heartbeat_interval {

@@ -76,7 +76,7 @@ impl Cluster {
             let running = in_progress.iter().filter(|task| task.slave_id == row.id).count();
             slaves.upsert(&row, running);
         }
-        let cluster = Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 ledger,
                 slaves,
@@ -87,9 +87,7 @@ impl Cluster {
                 dispatch_wanted: Notify::new(),
                 accepting: AtomicBool::new(true),
             }),
-        };
-        cluster.publish_slave_gauges();
-        Ok(cluster)
+        })
     }
 
     /// The ledger.
@@ -160,7 +158,6 @@ impl Cluster {
     fn task_finished(&self, id: TaskId, status: TaskStatus) {
         self.inner.waiters.notify(id);
         self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
-        self.publish_slave_gauges();
     }
 
     /// Tells a slave to stop working on a task, in the background: best effort, since
@@ -217,7 +214,6 @@ impl Cluster {
         for task in held {
             self.requeue(task, format!("{} registered again and holds no tasks", row.name)).await?;
         }
-        self.publish_slave_gauges();
         self.wake_dispatcher();
         Ok(row)
     }
@@ -233,7 +229,6 @@ impl Cluster {
         self.inner.ledger.update_slave(slave, state, seen_at).await?;
         if liveness == Liveness::CameBack {
             tracing::info!(slave_id = %slave, "slave is up again");
-            self.publish_slave_gauges();
             self.wake_dispatcher();
         }
         // An offer accepted after the slave took its heartbeat snapshot is not listed yet;
@@ -264,7 +259,6 @@ impl Cluster {
         if let Some(name) = name {
             self.inner.metrics.slave_running.remove(&SlaveLabel { slave: name });
         }
-        self.publish_slave_gauges();
         Ok(existed)
     }
 
@@ -321,7 +315,6 @@ impl Cluster {
             for task in self.inner.ledger.in_progress_on(slave).await? {
                 self.requeue(task, format!("{name} went silent")).await?;
             }
-            self.publish_slave_gauges();
         }
         for task in self.inner.ledger.overdue(&Timestamp::now()).await? {
             let (slave, id) = (task.slave_id, task.id);
@@ -331,8 +324,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Refreshes the per-slave gauges from the registry.
-    pub(crate) fn publish_slave_gauges(&self) {
+    /// The Prometheus text of every metric, with the slave gauges read from the
+    /// registry now (cheaper than updating them on every task).
+    pub fn render_metrics(&self) -> String {
+        self.publish_slave_gauges();
+        self.inner.metrics.render()
+    }
+
+    fn publish_slave_gauges(&self) {
         let metrics = &self.inner.metrics;
         let views = self.inner.slaves.views();
         metrics.slaves_up.set(views.iter().filter(|v| v.state == SlaveState::Up).count() as i64);

@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub max_attempts: i64,
     pub local_slaves: usize,
     pub local_slave_capacity: usize,
+    /// Most ledger writes per commit; 1 turns group commit off.
+    pub ledger_max_batch: usize,
 }
 
 impl ServeConfig {
@@ -63,6 +65,7 @@ impl ServeConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             local_slaves: 0,
             local_slave_capacity: 1,
+            ledger_max_batch: crate::ledger::DEFAULT_MAX_BATCH,
         }
     }
 

@@ -163,7 +163,6 @@ impl Cluster {
                 Answer::Accepted => {
                     tracing::Span::current().record("slave", candidate.name.as_str());
                     self.count_offer("accepted");
-                    self.publish_slave_gauges();
                     return Ok(Offers::Taken(candidate));
                 }
                 Answer::Refused => {

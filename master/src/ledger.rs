@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{NewTask, SlaveId, SlaveState, TaskId, TaskStatus, Timestamp};
 
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 512;
+/// Most writes committed in one transaction, unless configured otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 512;
 /// Writes waiting for the writer before callers wait for room (back-pressure).
 const QUEUE_DEPTH: usize = 8192;
 /// Read connections: enough for concurrent API reads on a 2-core machine.
@@ -164,7 +164,12 @@ pub enum Cancellation {
 impl Ledger {
     /// Opens (creating if missing) the ledger at `path`: refuses a file that fails
     /// `PRAGMA quick_check`, applies migrations, starts the writer.
-    pub async fn open(path: &Path, batches: crate::metrics::BatchStats) -> Result<Self, LedgerError> {
+    /// `max_batch` bounds the writes per commit (1 turns group commit off, for comparison).
+    pub async fn open(
+        path: &Path,
+        batches: crate::metrics::BatchStats,
+        max_batch: usize,
+    ) -> Result<Self, LedgerError> {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -189,7 +194,7 @@ impl Ledger {
             .connect_with(options.read_only(true))
             .await?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(writer, queue, batches));
+        tokio::spawn(write_loop(writer, queue, batches, max_batch.max(1)));
         Ok(Self { reads, jobs })
     }
 
@@ -751,15 +756,16 @@ async fn insert_event(
     Ok(())
 }
 
-/// The writer: takes every queued write (up to [`MAX_BATCH`]), runs them in one
+/// The writer: takes every queued write (up to `max_batch`), runs them in one
 /// transaction, commits once, then answers each caller.
 async fn write_loop(
     mut conn: SqliteConnection,
     mut jobs: mpsc::Receiver<Job>,
     stats: crate::metrics::BatchStats,
+    max_batch: usize,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(max_batch);
+    while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let started = std::time::Instant::now();
         let size = batch.len();
         let deliveries = run_batch(&mut conn, &mut batch).await;

@@ -59,7 +59,7 @@ impl Master {
     /// (port 0 allowed) and registers any local slaves in order.
     pub async fn build(config: ServeConfig) -> Result<Self, MasterError> {
         let metrics = Metrics::new();
-        let ledger = Ledger::open(&config.db, metrics.batches.clone()).await?;
+        let ledger = Ledger::open(&config.db, metrics.batches.clone(), config.ledger_max_batch).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| MasterError::Bind { addr: config.listen, source })?;

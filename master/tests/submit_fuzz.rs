@@ -30,7 +30,7 @@ fn harness() -> Harness {
     let config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("master.db"));
     let app = runtime.block_on(async {
         let metrics = Metrics::new();
-        let ledger = Ledger::open(&config.db, metrics.batches.clone()).await.unwrap();
+        let ledger = Ledger::open(&config.db, metrics.batches.clone(), 512).await.unwrap();
         let http = slave::reporter::http_client().unwrap();
         let cluster = Cluster::start(ledger, Arc::new(config), metrics, http).await.unwrap();
         router(AppState { cluster })

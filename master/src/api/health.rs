@@ -20,6 +20,6 @@ pub async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse,
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state.cluster.metrics().render();
+    let body = state.cluster.render_metrics();
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

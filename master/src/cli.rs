@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use slave::logging::LogFormat;
 
 use crate::config::{self, ServeConfig, WhenFull};
 
@@ -16,15 +17,6 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "MASTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (journald, collectors).
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

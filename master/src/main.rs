@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use master::{
     Master,
-    cli::{Cli, Command, LogFormat},
+    cli::{Cli, Command},
     client,
 };
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    slave::logging::init(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Submit(args) => Ok(client::submit(args).await?),
@@ -44,13 +44,4 @@ async fn serve(args: master::cli::ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(slave::serve::cancel_on_signal(stop.clone()));
     master.run_until_stopped(stop).await?;
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

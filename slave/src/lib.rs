@@ -7,10 +7,12 @@
 //! - `server`   — HTTP: `POST /tasks` (offer), `GET /availability`, `DELETE /tasks/{id}`.
 //! - `reporter` — calls to the master: register, heartbeat, result with backoff.
 //! - `serve`    — HTTP/1.1 serving with a header read timeout (used by the master too).
+//! - `logging`  — the tracing subscriber, text or JSON (used by the master too).
 //! - `auth`     — the cluster token, compared in constant time (used by the master too).
 
 pub mod auth;
 pub mod eval;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod reporter;

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use slave::{SlaveConfig, auth::Token};
+use slave::{SlaveConfig, auth::Token, logging::LogFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,9 @@ struct Cli {
     /// Time running tasks get to finish after SIGTERM before they are handed back.
     #[arg(long, env = "SLAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Log format on stderr.
+    #[arg(long, env = "SLAVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Allow a non-loopback listen address without a token (SPEC §8).
     #[arg(long, env = "SLAVE_INSECURE")]
     insecure: bool,
@@ -43,13 +46,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    slave::logging::init(cli.log_format);
     let token = Token::new(cli.token);
     if !cli.listen.ip().is_loopback() && !token.is_set() && !cli.insecure {
         anyhow::bail!(

@@ -48,6 +48,8 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        // Cluster traffic goes straight to its peer, whatever HTTP_PROXY says.
+        .no_proxy()
         .tcp_nodelay(true)
         .build()
 }

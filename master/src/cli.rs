@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Allow a non-loopback listen address without a token.
-    #[arg(long, env = "MASTER_INSECURE")]
+    #[arg(long, env = "MASTER_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
     /// What a submission gets when every slave is busy.
     #[arg(long, env = "MASTER_WHEN_FULL", value_enum, default_value_t = WhenFull::Reject)]

@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, env = "SLAVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Allow a non-loopback listen address without a token (SPEC §8).
-    #[arg(long, env = "SLAVE_INSECURE")]
+    #[arg(long, env = "SLAVE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
 }
 

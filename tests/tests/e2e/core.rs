@@ -61,7 +61,7 @@ async fn seed_walkthrough_assigns_in_order_then_answers_full_capacity_and_both_t
             .fetch_all(&ledger)
             .await
             .unwrap();
-    assert_eq!(trail, vec!["submitted", "assigned", "done"]);
+    assert_eq!(trail, vec!["submitted", "done"]);
 }
 
 #[tokio::test]

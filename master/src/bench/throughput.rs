@@ -19,6 +19,7 @@ use std::{
 };
 
 use tokio::{sync::oneshot, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     BenchError, Percentiles, Report, Run,
@@ -115,21 +116,23 @@ pub async fn drive(api: &Api, run: &Run, first: u64, count: u64) -> Result<Outco
     let end = first + count;
     let window: Window = Arc::default();
     let started = Instant::now();
-    let stop_tracking = tokio_util::sync::CancellationToken::new();
+    // Cancelled when the workers are done, or by the tracker itself when it fails, so
+    // no worker waits out the deadline for an answer that cannot come.
+    let stop_tracking = CancellationToken::new();
     let tracker = tokio::spawn(track(api.clone(), window.clone(), stop_tracking.clone(), run.deadline));
     let mut workers = JoinSet::new();
     for _ in 0..run.concurrency {
-        let (api, next, window) = (api.clone(), next.clone(), window.clone());
+        let (api, next, window, stopped) = (api.clone(), next.clone(), window.clone(), stop_tracking.clone());
         let (deadline, progress) = (run.deadline, run.progress.clone());
         workers.spawn(async move {
             let mut mine = Outcome::default();
             let mut last_finish = None;
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= end || Instant::now() >= deadline {
+                if n >= end || Instant::now() >= deadline || stopped.is_cancelled() {
                     break;
                 }
-                match one_task(&api, &window, n, deadline, &mut mine).await {
+                match one_task(&api, &window, &stopped, n, deadline, &mut mine).await {
                     Ok(true) => {
                         last_finish = Some(Instant::now());
                         progress.inc(1);
@@ -173,6 +176,7 @@ fn merge(total: &mut Outcome, mine: Outcome) {
 async fn one_task(
     api: &Api,
     window: &Window,
+    stopped: &CancellationToken,
     n: u64,
     deadline: Instant,
     mine: &mut Outcome,
@@ -199,11 +203,15 @@ async fn one_task(
     let (finished, status) = oneshot::channel();
     lock(window).insert(id, finished);
     let wait = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(wait, status).await {
-        Ok(Ok(status)) if status == "done" => mine.ok += 1,
-        Ok(Ok(_)) => mine.failed += 1,
+    let seen = tokio::select! {
+        seen = tokio::time::timeout(wait, status) => seen.ok().and_then(Result::ok),
+        () = stopped.cancelled() => None,
+    };
+    match seen {
+        Some(status) if status == "done" => mine.ok += 1,
+        Some(_) => mine.failed += 1,
         // The tracker stopped (its error is reported) or the deadline passed.
-        _ => {
+        None => {
             lock(window).remove(&id);
             mine.lost += 1;
             return Ok(false);
@@ -218,16 +226,31 @@ fn lock(window: &Window) -> std::sync::MutexGuard<'_, BTreeMap<i64, oneshot::Sen
 }
 
 /// The tracker: pages the ledger from the oldest unfinished task of the window and
-/// tells each worker whose task it finds final.
+/// tells each worker whose task it finds final. On failure it stops the run: the
+/// waiting workers count their tasks lost and submit no more.
 async fn track(
     api: Api,
     window: Window,
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
+    deadline: Instant,
+) -> Result<(), BenchError> {
+    let tracked = track_until(&api, &window, &stop, deadline).await;
+    if tracked.is_err() {
+        stop.cancel();
+        lock(&window).clear(); // dropping the senders wakes every waiting worker
+    }
+    tracked
+}
+
+async fn track_until(
+    api: &Api,
+    window: &Window,
+    stop: &CancellationToken,
     deadline: Instant,
 ) -> Result<(), BenchError> {
     while !stop.is_cancelled() && Instant::now() < deadline {
         let range = {
-            let window = lock(&window);
+            let window = lock(window);
             window.first_key_value().map(|(&low, _)| low).zip(window.last_key_value().map(|(&high, _)| high))
         };
         if let Some((low, high)) = range {
@@ -235,7 +258,7 @@ async fn track(
             // Bounded: each page moves `after` forward, and the loop ends past `high`.
             while after < high {
                 let page = api.page(None, after, TRACK_PAGE).await?;
-                let mut window = lock(&window);
+                let mut window = lock(window);
                 for task in page.tasks.iter().filter(|task| task.is_final()) {
                     if let Some(worker) = window.remove(&task.id) {
                         let _ = worker.send(task.status.clone());

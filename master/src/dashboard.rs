@@ -18,6 +18,14 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
      form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the dashboard page as `text/html; charset=utf-8`.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "dashboard",
+    tag = "operations",
+    responses((status = 200, description = "The dashboard: slaves, tasks and a submit form", body = String,
+        content_type = "text/html")),
+)]
 pub async fn page() -> impl IntoResponse {
     (
         [

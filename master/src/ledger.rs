@@ -104,7 +104,7 @@ pub struct HeldTask {
 }
 
 /// Tasks by status, as in `GET /tasks` `counts`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub pending: i64,
     pub in_progress: i64,

@@ -8,13 +8,39 @@ use serde::{Deserialize, Serialize};
 use slave::{eval, protocol::Variables};
 
 /// A task's id: integers from 1, increasing, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    utoipa::ToSchema,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
 pub struct TaskId(pub i64);
 
 /// A slave's id, kept across re-registrations under the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    utoipa::ToSchema,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
 pub struct SlaveId(pub i64);
@@ -32,7 +58,7 @@ impl fmt::Display for SlaveId {
 }
 
 /// Where a task is in its life (SPEC §3), and who moves it on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -77,7 +103,7 @@ impl TaskStatus {
 }
 
 /// A slave's state as dispatch sees it (SPEC §4 `GET /slaves`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SlaveState {
@@ -91,9 +117,12 @@ pub enum SlaveState {
 
 /// An RFC 3339 UTC timestamp with milliseconds, as stored in the ledger
 /// (`2026-11-25T10:46:31.123Z`): fixed width, so text order is time order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
+#[schema(value_type = String, format = DateTime, example = "2026-11-25T10:46:31.123Z")]
 pub struct Timestamp(pub String);
 
 impl Timestamp {

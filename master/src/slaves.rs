@@ -48,7 +48,7 @@ pub struct Candidate {
 }
 
 /// A slave as `GET /slaves` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SlaveView {
     pub id: SlaveId,
     pub name: String,

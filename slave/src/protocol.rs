@@ -47,8 +47,14 @@ impl Availability {
 /// Slave → master `POST /slaves`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Registration {
+    /// Unique: re-registering a name keeps its id and place in the order.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "slave-1")]
     pub name: String,
+    /// Where the master offers tasks: `http(s)://host:port`, no credentials, path or query.
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]+:[0-9]{1,5}/?$", example = "http://127.0.0.1:9001")]
     pub url: String,
+    /// Tasks the slave runs at once.
+    #[schema(minimum = 1, maximum = 100000)]
     pub capacity: u32,
 }
 

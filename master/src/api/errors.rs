@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use slave::protocol::ErrorBody;
+use utoipa::ToSchema;
 
 use crate::{cluster::RegisterError, dispatch::SubmitError, ledger::LedgerError};
 
@@ -16,7 +16,7 @@ use crate::{cluster::RegisterError, dispatch::SubmitError, ledger::LedgerError};
 const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Every error code the API answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,
@@ -78,10 +78,12 @@ impl ErrorCode {
     }
 }
 
-/// An error answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error answer, written as it is serialized: `{"error": "<code>", "message": "<words>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ApiError {
+    #[serde(rename = "error")]
     pub code: ErrorCode,
+    /// What went wrong, in words.
     pub message: String,
 }
 
@@ -111,8 +113,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        let body = ErrorBody { error: self.code.as_str().to_owned(), message: self.message };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }

@@ -3,6 +3,7 @@
 
 mod errors;
 mod health;
+mod openapi;
 mod slaves;
 mod tasks;
 
@@ -54,11 +55,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::dashboard::page))
         .route("/tasks", post(tasks::submit).get(tasks::list))
-        .route("/get-tasks", get(tasks::list))
+        .route("/get-tasks", get(tasks::list_alias))
         .route("/tasks/{id}", get(tasks::show))
         .route("/slaves", get(slaves::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(protected)
         .merge(cancel)
         .fallback(not_found)

@@ -2,10 +2,14 @@
 
 use std::time::Duration;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use slave::protocol::{ResultReport, Variables};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState, ErrorCode, Json, Path, Query};
 use crate::{
@@ -17,32 +21,80 @@ use crate::{
 /// Page size of `GET /tasks` when `limit` is not given.
 const DEFAULT_LIMIT: i64 = 100;
 /// Largest page of `GET /tasks`.
-const MAX_LIMIT: i64 = 1000;
+pub(super) const MAX_LIMIT: i64 = 1000;
 /// Longest long poll of `GET /tasks/{id}?wait=`, in seconds.
-const MAX_WAIT_SECONDS: f64 = 60.0;
+pub(super) const MAX_WAIT_SECONDS: f64 = 60.0;
+/// `message` of a queued submission.
+const QUEUED_MESSAGE: &str = "All slaves are busy: task queued until one is available";
 
 /// `POST /tasks` body.
-#[derive(Debug, Deserialize)]
+// utoipa takes only literals in `#[schema(maximum = ...)]`: a unit test in `api::openapi`
+// holds them equal to the constants the checks use.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"expression": "sqrt(x)*pi", "variables": {"x": 2.0}, "delay_ms": 0}))]
 pub struct SubmitBody {
+    /// A meval expression, 1..=10 000 characters after trimming; every variable bound.
+    #[schema(example = "sqrt(x)*pi")]
     expression: String,
     #[serde(default)]
+    #[schema(schema_with = variables_schema)]
     variables: Variables,
+    /// Simulated work the slave adds before answering.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 600000)]
     delay_ms: i64,
 }
 
+/// `variables` of a submission, with the name rules of `NewTask::parse` (SPEC §3, §8);
+/// built here because utoipa has no attribute for `propertyNames`.
+fn variables_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z_][A-Za-z0-9_]{0,63}$"));
+    let value = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double)));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Variable bindings: name → finite number."))
+        .property_names(Some(name))
+        .additional_properties(Some(value))
+        .max_properties(Some(100))
+        .build()
+}
+
+/// `POST /tasks` answer 201: the first available slave took the task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Assigned {
+    pub id: TaskId,
+    /// Always `in_progress`.
+    pub status: TaskStatus,
+    pub slave: SlaveRef,
+    /// `Task successfully assigned to <slave name>`.
+    pub message: String,
+}
+
+/// `POST /tasks` answer 202 (`--when-full queue`): stored as pending, runs when a slave frees.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Queued {
+    pub id: TaskId,
+    /// Always `pending`.
+    pub status: TaskStatus,
+    pub message: &'static str,
+}
+
 /// A slave as named inside a task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SlaveRef {
     pub id: SlaveId,
     pub name: String,
 }
 
 /// A task as the API shows it (SPEC §4 `GET /tasks/{id}`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskView {
     pub id: TaskId,
     pub expression: String,
+    #[schema(value_type = BTreeMap<String, f64>)]
     pub variables: Variables,
     pub delay_ms: i64,
     pub status: TaskStatus,
@@ -78,10 +130,31 @@ impl TryFrom<TaskRow> for TaskView {
     }
 }
 
+/// Submit a task: offered to the slaves in registration order; the first available one takes it.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    request_body = SubmitBody,
+    responses(
+        (status = 201, description = "A slave took the task", body = Assigned),
+        (status = 202, description = "Every slave is busy and the master runs with `--when-full queue`: \
+            stored as pending", body = Queued),
+        (status = 400, description = "`invalid_expression` (blank, too long, syntax, unknown variable or \
+            function, arity) or `invalid_request` (body shape, variables, delay_ms); nothing stored",
+            body = ApiError),
+        (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+        (status = 503, description = "`full_capacity` (every slave busy), `no_slaves` (none up), \
+            `queue_full` or `shutting_down`; nothing stored", body = ApiError,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Json(body): Json<SubmitBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let task = NewTask::parse(&body.expression, body.variables, body.delay_ms).map_err(|invalid| {
         let code = if invalid.is_about_expression() {
             ErrorCode::InvalidExpression
@@ -91,43 +164,55 @@ pub async fn submit(
         ApiError::new(code, invalid.to_string())
     })?;
     let answer = match state.cluster.submit(task).await? {
-        Submitted::Assigned { id, slave } => (
-            StatusCode::CREATED,
-            Json(json!({
-                "id": id,
-                "status": TaskStatus::InProgress,
-                "slave": SlaveRef { id: slave.id, name: slave.name.clone() },
-                "message": format!("Task successfully assigned to {}", slave.name),
-            })),
-        ),
-        Submitted::Queued { id } => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "id": id,
-                "status": TaskStatus::Pending,
-                "message": "All slaves are busy: task queued until one is available",
-            })),
-        ),
+        Submitted::Assigned { id, slave } => {
+            let message = format!("Task successfully assigned to {}", slave.name);
+            let slave = SlaveRef { id: slave.id, name: slave.name.clone() };
+            let assigned = Assigned { id, status: TaskStatus::InProgress, slave, message };
+            (StatusCode::CREATED, Json(assigned)).into_response()
+        }
+        Submitted::Queued { id } => {
+            let queued = Queued { id, status: TaskStatus::Pending, message: QUEUED_MESSAGE };
+            (StatusCode::ACCEPTED, Json(queued)).into_response()
+        }
     };
     Ok(answer)
 }
 
 /// `GET /tasks` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only tasks in this status (empty: every status).
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Only tasks with a larger id: the `next` cursor of the previous page.
     after: Option<i64>,
 }
 
 /// `GET /tasks` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
     pub counts: Counts,
     pub next: Option<TaskId>,
 }
 
+/// List tasks, oldest first, with the counts by status and a cursor to the next page.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of tasks", body = TaskList),
+        (status = 400, description = "`invalid_request`: a bad `status`, `limit` or `after`", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -152,12 +237,49 @@ pub async fn list(
     Ok(Json(TaskList { tasks, counts: ledger.counts().await?, next }))
 }
 
+/// `GET /get-tasks`: the original demo's name for `GET /tasks`.
+#[utoipa::path(
+    get,
+    path = "/get-tasks",
+    operation_id = "get_tasks",
+    tag = "tasks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of tasks", body = TaskList),
+        (status = 400, description = "`invalid_request`: a bad `status`, `limit` or `after`", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+    ),
+)]
+pub async fn list_alias(
+    state: State<AppState>,
+    params: Query<ListParams>,
+) -> Result<Json<TaskList>, ApiError> {
+    list(state, params).await
+}
+
 /// `GET /tasks/{id}` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ShowParams {
+    /// Long poll: answer once the task is final or after this many seconds (0..=60).
+    #[param(minimum = 0, maximum = 60)]
     wait: Option<f64>,
 }
 
+/// One task; with `?wait=` it long-polls until the task is final or the time is up.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    operation_id = "show_task",
+    tag = "tasks",
+    params(("id" = i64, Path, description = "Task id"), ShowParams),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 400, description = "`invalid_request`: a bad id or `wait`", body = ApiError),
+        (status = 404, description = "`not_found`: no such task", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -172,6 +294,24 @@ pub async fn show(
     Ok(Json(TaskView::try_from(task)?))
 }
 
+/// Cancel a pending or in-progress task; the slave holding it is told to drop it.
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = i64, Path, description = "Task id")),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Cancelled: the task as it is now", body = TaskView),
+        (status = 400, description = "`invalid_request`: a bad id", body = ApiError),
+        (status = 401, description = "`unauthorized`: the master has a token and the request does not carry it",
+            body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "`not_found`: no such task", body = ApiError),
+        (status = 409, description = "`conflict`: the task is already done, failed or cancelled", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+    ),
+)]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<TaskView>, ApiError> {
     let task_id = TaskId(id);
     match state.cluster.cancel(task_id).await? {
@@ -191,18 +331,69 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
     Ok(Json(TaskView::try_from(task)?))
 }
 
+/// `POST /tasks/{id}/result` answer 200.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultAck {
+    /// Whether this report was recorded now.
+    pub recorded: bool,
+    /// The task's status: final once recorded, `cancelled` when it was cancelled; absent for a duplicate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// Why the report was not recorded; absent when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotRecorded>,
+}
+
+/// Why a result report changed nothing.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotRecorded {
+    /// The same outcome of this attempt was already recorded.
+    Duplicate,
+    /// The task was cancelled; the result is ignored.
+    Cancelled,
+}
+
+/// A slave reports how a task it holds ended; recorded exactly once.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/result",
+    operation_id = "record_result",
+    tag = "slaves",
+    params(("id" = i64, Path, description = "Task id")),
+    request_body = ResultReport,
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Recorded now, a duplicate of the recorded outcome, or the task was \
+            cancelled", body = ResultAck),
+        (status = 400, description = "`invalid_request`: a bad id or body", body = ApiError),
+        (status = 401, description = "`unauthorized`: the master has a token and the request does not carry it",
+            body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the attempt is held by another slave", body = ApiError),
+        (status = 404, description = "`not_found`: no such task", body = ApiError),
+        (status = 409, description = "`stale_attempt`: not the task's current attempt", body = ApiError),
+        (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
+        (status = 500, description = "`internal`: the master log has details", body = ApiError),
+    ),
+)]
 pub async fn record_result(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Json(report): Json<ResultReport>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<ResultAck>, ApiError> {
     let (slave, attempt) = (report.slave_id, report.attempt);
     match state.cluster.record_result(TaskId(id), report).await? {
-        ResultRecording::Recorded(status) => Ok(Json(json!({ "recorded": true, "status": status }))),
-        ResultRecording::Duplicate => Ok(Json(json!({ "recorded": false, "reason": "duplicate" }))),
-        ResultRecording::Cancelled => {
-            Ok(Json(json!({ "recorded": false, "status": TaskStatus::Cancelled, "reason": "cancelled" })))
+        ResultRecording::Recorded(status) => {
+            Ok(Json(ResultAck { recorded: true, status: Some(status), reason: None }))
         }
+        ResultRecording::Duplicate => {
+            Ok(Json(ResultAck { recorded: false, status: None, reason: Some(NotRecorded::Duplicate) }))
+        }
+        ResultRecording::Cancelled => Ok(Json(ResultAck {
+            recorded: false,
+            status: Some(TaskStatus::Cancelled),
+            reason: Some(NotRecorded::Cancelled),
+        })),
         ResultRecording::StaleAttempt { current } => Err(ApiError::new(
             ErrorCode::StaleAttempt,
             format!("attempt {attempt} of task {id} is stale: the current attempt is {current}"),

@@ -6,6 +6,7 @@ mod cli;
 mod core;
 mod load;
 mod metrics;
+mod openapi;
 mod reliability;
 mod restart;
 mod security;

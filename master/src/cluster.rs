@@ -3,7 +3,7 @@
 //! Submission and offers live in `dispatch`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::ServeConfig,
-    ledger::{Cancellation, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, SlaveRow, TaskRow},
+    ledger::{
+        Cancellation, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, SlaveDeletion, SlaveRow,
+        TaskRow,
+    },
     metrics::{Metrics, Reason, SlaveLabel},
     model::{SlaveId, SlaveState, SlaveUrl, TaskId, TaskStatus, Timestamp},
     slaves::{Liveness, SlaveRegistry},
@@ -25,6 +28,9 @@ use crate::{
 
 /// Longest slave name accepted at registration.
 pub const MAX_SLAVE_NAME_CHARS: usize = 64;
+/// Passes of requeue-then-delete before deregistration gives up on a slave that keeps
+/// receiving offers already in flight (each pass takes one offer timeout at most).
+const DEREGISTER_ROUNDS: usize = 5;
 /// Largest capacity a slave may announce.
 pub const MAX_SLAVE_CAPACITY: u32 = 100_000;
 
@@ -70,6 +76,9 @@ impl Cluster {
         metrics: Metrics,
         http: reqwest::Client,
     ) -> Result<Self, LedgerError> {
+        // Downtime of the master must not count against tasks whose slaves kept working:
+        // give each a slave timeout to be heard from again (SPEC §7, late results).
+        ledger.extend_deadlines(Timestamp::in_future(config.slave_timeout)).await?;
         let slaves = SlaveRegistry::default();
         let in_progress = ledger.in_progress().await?;
         for row in ledger.slaves().await? {
@@ -144,10 +153,10 @@ impl Cluster {
     /// Cancels a task; a slave that held it is told to drop it.
     pub async fn cancel(&self, id: TaskId) -> Result<Cancellation, LedgerError> {
         let cancellation = self.inner.ledger.cancel(id).await?;
-        if let Cancellation::Cancelled { slave } = cancellation {
+        if let Cancellation::Cancelled { slave, attempt } = cancellation {
             if let Some(slave) = slave {
                 self.inner.slaves.release(slave);
-                self.tell_slave_to_drop(slave, id);
+                self.tell_slave_to_drop(slave, id, attempt);
                 self.wake_dispatcher();
             }
             self.task_finished(id, TaskStatus::Cancelled);
@@ -160,11 +169,13 @@ impl Cluster {
         self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
     }
 
-    /// Tells a slave to stop working on a task, in the background: best effort, since
-    /// the ledger already decided and a late result from it is refused anyway.
-    pub(crate) fn tell_slave_to_drop(&self, slave: SlaveId, id: TaskId) {
+    /// Tells a slave to stop working on `attempt` of a task, in the background: best
+    /// effort, since the ledger already decided and a late result from it is refused
+    /// anyway. The attempt keeps a late drop from stopping a newer offer of the task.
+    pub(crate) fn tell_slave_to_drop(&self, slave: SlaveId, id: TaskId, attempt: i64) {
         let Some((name, url)) = self.inner.slaves.address(slave) else { return };
-        let request = self.inner.config.token.authorize(self.inner.http.delete(format!("{url}/tasks/{id}")));
+        let drop = self.inner.http.delete(format!("{url}/tasks/{id}?attempt={attempt}"));
+        let request = self.inner.config.token.authorize(drop);
         tokio::spawn(async move {
             match request.send().await {
                 Ok(response) => {
@@ -239,8 +250,9 @@ impl Cluster {
             self.inner.config.offer_timeout + self.inner.config.heartbeat_interval
         };
         let assigned_before = Timestamp::in_past(grace);
+        let held: HashSet<i64> = heartbeat.running.iter().copied().collect();
         for task in self.inner.ledger.in_progress_on(slave).await? {
-            if !heartbeat.running.contains(&task.id.0) && task.assigned_at <= assigned_before {
+            if !held.contains(&task.id.0) && task.assigned_at <= assigned_before {
                 self.requeue(task, "the slave no longer holds it".to_owned()).await?;
             }
         }
@@ -250,20 +262,36 @@ impl Cluster {
     /// Deregisters a slave; its in-progress tasks are re-dispatched. False if unknown.
     pub async fn deregister(&self, slave: SlaveId) -> Result<bool, LedgerError> {
         let name = self.inner.slaves.address(slave).map(|(name, _)| name);
-        let held = self.inner.ledger.in_progress_on(slave).await?;
-        for task in held {
-            self.requeue(task, "its slave was deregistered".to_owned()).await?;
-        }
+        // Out of the registry first, so no new offer picks it; an offer already in
+        // flight may still assign a task to it, which the guarded delete notices.
         self.inner.slaves.remove(slave);
-        let existed = self.inner.ledger.delete_slave(slave).await?;
+        let mut deletion = SlaveDeletion::StillHoldsTasks;
+        for _ in 0..DEREGISTER_ROUNDS {
+            for task in self.inner.ledger.in_progress_on(slave).await? {
+                self.requeue(task, "its slave was deregistered".to_owned()).await?;
+            }
+            deletion = self.inner.ledger.delete_slave(slave).await?;
+            if deletion != SlaveDeletion::StillHoldsTasks {
+                break;
+            }
+        }
         if let Some(name) = name {
             self.inner.metrics.slave_running.remove(&SlaveLabel { slave: name });
         }
-        Ok(existed)
+        match deletion {
+            SlaveDeletion::Deleted => Ok(true),
+            SlaveDeletion::NotFound => Ok(false),
+            // Offers kept landing on it: it stays in the ledger (out of the registry, so
+            // never offered again); the reaper's deadline takes care of what it holds.
+            SlaveDeletion::StillHoldsTasks => {
+                tracing::warn!(%slave, "slave kept receiving tasks while being deregistered");
+                Ok(true)
+            }
+        }
     }
 
     /// A task was lost on its slave: back to pending (and to the dispatcher) or failed.
-    pub(crate) async fn requeue(&self, task: HeldTask, reason: String) -> Result<(), LedgerError> {
+    pub(crate) async fn requeue(&self, task: HeldTask, reason: String) -> Result<Requeue, LedgerError> {
         let max_attempts = self.inner.config.max_attempts;
         let outcome = self.inner.ledger.requeue_lost(
             task.id,
@@ -272,7 +300,8 @@ impl Cluster {
             max_attempts,
             reason.clone(),
         );
-        match outcome.await? {
+        let outcome = outcome.await?;
+        match outcome {
             Requeue::Pending { attempts } => {
                 tracing::info!(task_id = %task.id, slave_id = %task.slave_id, attempts, %reason, "task requeued");
                 self.inner.slaves.release(task.slave_id);
@@ -283,10 +312,11 @@ impl Cluster {
                 tracing::warn!(task_id = %task.id, attempts = task.attempts, %reason, "task failed: out of attempts");
                 self.inner.slaves.release(task.slave_id);
                 self.task_finished(task.id, TaskStatus::Failed);
+                self.wake_dispatcher();
             }
             Requeue::NotHeld => {}
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// Runs [`Cluster::sweep`] until `stop`.
@@ -317,17 +347,24 @@ impl Cluster {
             }
         }
         for task in self.inner.ledger.overdue(&Timestamp::now()).await? {
-            let (slave, id) = (task.slave_id, task.id);
-            self.requeue(task, "it ran past its deadline".to_owned()).await?;
-            self.tell_slave_to_drop(slave, id);
+            let (slave, id, attempt) = (task.slave_id, task.id, task.attempts);
+            if self.requeue(task, "it ran past its deadline".to_owned()).await? != Requeue::NotHeld {
+                self.tell_slave_to_drop(slave, id, attempt);
+            }
         }
         Ok(())
     }
 
-    /// The Prometheus text of every metric, with the slave gauges read from the
-    /// registry now (cheaper than updating them on every task).
-    pub fn render_metrics(&self) -> String {
+    /// The Prometheus text of every metric, with the gauges (slaves, queue depth) read
+    /// now rather than updated on every task.
+    pub async fn render_metrics(&self) -> String {
         self.publish_slave_gauges();
+        match self.inner.ledger.counts().await {
+            Ok(counts) => {
+                self.inner.metrics.queue_depth.set(counts.pending);
+            }
+            Err(error) => tracing::warn!(%error, "queue depth not read for /metrics"),
+        }
         self.inner.metrics.render()
     }
 

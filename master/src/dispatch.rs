@@ -4,17 +4,17 @@
 //! assignment *before* each offer, so a result can never arrive for an assignment that
 //! is not on disk, and a crash between the two is caught by heartbeat reconciliation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use reqwest::StatusCode;
-use slave::protocol::Offer;
+use slave::protocol::{Offer, Variables};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cluster::Cluster,
     config::WhenFull,
-    ledger::{LedgerError, TaskRow},
+    ledger::{AssignFrom, LedgerError, TaskRow},
     metrics::Reason,
     model::{NewTask, SlaveId, TaskId, Timestamp},
     slaves::Candidate,
@@ -51,12 +51,12 @@ pub enum SubmitError {
 
 /// How the offers of one task ended.
 #[derive(Debug)]
-enum Offers {
+enum OfferOutcome {
     /// This slave accepted.
     Taken(Candidate),
     /// Every slave with room refused; the task is still assigned to this last one.
     AllRefused(SlaveId),
-    /// The task became final (cancelled) while being offered.
+    /// The task moved on (cancelled, requeued) while being offered: leave it alone.
     Gone,
 }
 
@@ -107,18 +107,22 @@ impl Cluster {
             delay_ms: task.delay_ms,
         };
         let submitted = match self.offer_in_order(&offer, first, &deadline).await? {
-            Offers::Taken(slave) => Submitted::Assigned { id, slave },
-            Offers::AllRefused(last) if queue_mode => {
-                self.ledger().unassign(id, last, 0).await?;
+            OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
+            OfferOutcome::AllRefused(last) if queue_mode => {
+                self.ledger().unassign(id, last, 1, 0).await?;
                 self.wake_dispatcher();
                 Submitted::Queued { id }
             }
-            Offers::AllRefused(_) => {
-                self.ledger().delete_refused_task(id).await?;
-                return Err(self.rejected(SubmitError::FullCapacity));
+            OfferOutcome::AllRefused(last) => {
+                if self.ledger().delete_refused_task(id, last).await? {
+                    return Err(self.rejected(SubmitError::FullCapacity));
+                }
+                // It moved on meanwhile (the slave went down and the task was requeued):
+                // it is stored and will run, so the client hears so.
+                Submitted::Queued { id }
             }
-            // Only a client guessing the new id could cancel it this fast; it is final.
-            Offers::Gone => Submitted::Queued { id },
+            // Moved on or cancelled while being offered: it is stored either way.
+            OfferOutcome::Gone => Submitted::Queued { id },
         };
         self.metrics().tasks_submitted.inc();
         Ok(submitted)
@@ -154,7 +158,7 @@ impl Cluster {
         offer: &Offer,
         first: Candidate,
         deadline: &Timestamp,
-    ) -> Result<Offers, LedgerError> {
+    ) -> Result<OfferOutcome, LedgerError> {
         let id = TaskId(offer.task_id);
         let mut tried = Vec::new();
         let mut candidate = first;
@@ -163,7 +167,7 @@ impl Cluster {
                 Answer::Accepted => {
                     tracing::Span::current().record("slave", candidate.name.as_str());
                     self.count_offer("accepted");
-                    return Ok(Offers::Taken(candidate));
+                    return Ok(OfferOutcome::Taken(candidate));
                 }
                 Answer::Refused => {
                     self.count_offer("refused");
@@ -178,11 +182,13 @@ impl Cluster {
             }
             tried.push(candidate.id);
             let Some(next) = self.slaves().reserve_next(&tried) else {
-                return Ok(Offers::AllRefused(candidate.id));
+                return Ok(OfferOutcome::AllRefused(candidate.id));
             };
-            if !self.ledger().assign(id, next.id, offer.attempt, deadline.clone()).await? {
+            let from = AssignFrom::Slave { slave: candidate.id };
+            let assigned = self.ledger().assign(id, from, next.id, offer.attempt, deadline.clone()).await;
+            if !matches!(assigned, Ok(true)) {
                 self.slaves().release(next.id);
-                return Ok(Offers::Gone);
+                return assigned.map(|_| OfferOutcome::Gone);
             }
             candidate = next;
         }
@@ -213,78 +219,115 @@ impl Cluster {
     /// The dispatcher: offers pending tasks, oldest first, whenever a slot may have
     /// freed or a task became pending, until `stop`; then waits for its offers to end.
     pub async fn dispatcher(self, stop: CancellationToken) {
-        let mut offers = JoinSet::new();
-        let mut offering = HashSet::new();
+        let mut offers = OffersInFlight::default();
         loop {
-            if let Err(error) = self.dispatch_round(&mut offers, &mut offering).await {
+            if let Err(error) = self.dispatch_round(&mut offers).await {
                 tracing::error!(%error, "dispatch round failed");
             }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = self.inner.dispatch_wanted.notified() => {}
-                Some(done) = offers.join_next() => {
-                    if let Ok(id) = done { offering.remove(&id); }
-                }
+                Some(done) = offers.running.join_next_with_id() => offers.finished(done),
                 () = tokio::time::sleep(DISPATCH_TICK) => {}
             }
-            while let Some(done) = offers.try_join_next() {
-                if let Ok(id) = done {
-                    offering.remove(&id);
-                }
+            while let Some(done) = offers.running.try_join_next_with_id() {
+                offers.finished(done);
             }
         }
-        while offers.join_next().await.is_some() {}
+        while offers.running.join_next().await.is_some() {}
     }
 
-    /// Starts an offer for each pending task (not already being offered) while slots are free.
-    async fn dispatch_round(
-        &self,
-        offers: &mut JoinSet<TaskId>,
-        offering: &mut HashSet<TaskId>,
-    ) -> Result<(), LedgerError> {
+    /// Starts an offer for each pending task (not already being offered) while slots
+    /// are free, reading no more pending rows than there are free slots.
+    async fn dispatch_round(&self, offers: &mut OffersInFlight) -> Result<(), LedgerError> {
         loop {
-            let batch = PENDING_BATCH + i64::try_from(offering.len()).unwrap_or(i64::MAX);
-            let pending = self.ledger().oldest_pending(batch).await?;
-            self.metrics().queue_depth.set(self.ledger().counts().await?.pending);
+            let free = i64::try_from(self.slaves().free_slots()).unwrap_or(i64::MAX);
+            if free == 0 {
+                return Ok(());
+            }
+            let in_flight = i64::try_from(offers.offering.len()).unwrap_or(i64::MAX);
+            let pending =
+                self.ledger().oldest_pending(free.min(PENDING_BATCH).saturating_add(in_flight)).await?;
             let waiting: Vec<TaskRow> =
-                pending.into_iter().filter(|task| !offering.contains(&task.id)).collect();
+                pending.into_iter().filter(|task| !offers.is_offering(task.id)).collect();
             if waiting.is_empty() {
                 return Ok(());
             }
             for task in waiting {
+                let variables = match task.variables() {
+                    Ok(variables) => variables,
+                    Err(error) => {
+                        tracing::error!(task_id = %task.id, %error, "pending task cannot be offered");
+                        continue;
+                    }
+                };
                 let Some(slave) = self.slaves().reserve_next(&[]) else { return Ok(()) };
-                offering.insert(task.id);
                 let cluster = self.clone();
-                offers.spawn(async move {
-                    let id = task.id;
-                    if let Err(error) = cluster.dispatch_pending(task, slave).await {
+                let id = task.id;
+                let handle = offers.running.spawn(async move {
+                    if let Err(error) = cluster.dispatch_pending(task, variables, slave).await {
                         tracing::error!(task_id = %id, %error, "dispatching a pending task failed");
                     }
-                    id
                 });
+                offers.started(handle, id);
             }
         }
     }
 
     #[tracing::instrument(name = "dispatch", skip_all, fields(task_id = %task.id, slave = tracing::field::Empty))]
-    async fn dispatch_pending(&self, task: TaskRow, slave: Candidate) -> Result<(), LedgerError> {
+    async fn dispatch_pending(
+        &self,
+        task: TaskRow,
+        variables: Variables,
+        slave: Candidate,
+    ) -> Result<(), LedgerError> {
         let attempt = task.attempts.max(1);
         let delay_ms = u64::try_from(task.delay_ms).unwrap_or(0);
         let deadline = Timestamp::in_future(self.config().task_deadline(delay_ms));
-        if !self.ledger().assign(task.id, slave.id, attempt, deadline.clone()).await? {
+        let from = AssignFrom::Pending { attempts: task.attempts };
+        let assigned = self.ledger().assign(task.id, from, slave.id, attempt, deadline.clone()).await;
+        if !matches!(assigned, Ok(true)) {
+            // Moved on since it was read (cancelled, or another dispatch took it).
             self.slaves().release(slave.id);
-            return Ok(());
+            return assigned.map(|_| ());
         }
-        let offer = Offer {
-            task_id: task.id.0,
-            attempt,
-            variables: task.variables()?,
-            expression: task.expression,
-            delay_ms,
-        };
-        if let Offers::AllRefused(last) = self.offer_in_order(&offer, slave, &deadline).await? {
-            self.ledger().unassign(task.id, last, task.attempts).await?;
+        let offer = Offer { task_id: task.id.0, attempt, variables, expression: task.expression, delay_ms };
+        if let OfferOutcome::AllRefused(last) = self.offer_in_order(&offer, slave, &deadline).await? {
+            self.ledger().unassign(task.id, last, attempt, task.attempts).await?;
         }
         Ok(())
+    }
+}
+
+/// The dispatcher's offers in flight, by tokio task id, so a finished (or panicked)
+/// offer always frees its task for the next round.
+#[derive(Default)]
+struct OffersInFlight {
+    running: JoinSet<()>,
+    tasks: HashMap<tokio::task::Id, TaskId>,
+    offering: HashSet<TaskId>,
+}
+
+impl OffersInFlight {
+    fn is_offering(&self, id: TaskId) -> bool {
+        self.offering.contains(&id)
+    }
+
+    fn started(&mut self, handle: tokio::task::AbortHandle, id: TaskId) {
+        self.tasks.insert(handle.id(), id);
+        self.offering.insert(id);
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(error) => {
+                tracing::error!(%error, "an offer task panicked");
+                error.id()
+            }
+        };
+        if let Some(task) = self.tasks.remove(&id) {
+            self.offering.remove(&task);
+        }
     }
 }

@@ -36,6 +36,8 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open the ledger {path}: {detail}")]
+    Open { path: String, detail: String },
     #[error("{path} failed its integrity check ({detail}); restore it from a backup or move it away")]
     Corrupt { path: String, detail: String },
     #[error("commit failed: {0}")]
@@ -149,12 +151,31 @@ pub enum Requeue {
     NotHeld,
 }
 
+/// Where a task is expected to be when it is assigned (the guard of [`Ledger::assign`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignFrom {
+    /// Pending with this many attempts (the dispatcher read it so).
+    Pending { attempts: i64 },
+    /// In progress on this slave under the same attempt, which refused the offer.
+    Slave { slave: SlaveId },
+}
+
+/// What deleting a slave found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlaveDeletion {
+    Deleted,
+    NotFound,
+    /// Tasks are (again) in progress on it: requeue them first.
+    StillHoldsTasks,
+}
+
 /// What a cancel found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancellation {
-    /// Cancelled now; `slave` held it and should be told to drop it.
+    /// Cancelled now; `slave` held it (under `attempt`) and should be told to drop it.
     Cancelled {
         slave: Option<SlaveId>,
+        attempt: i64,
     },
     /// Already final; nothing changed.
     AlreadyFinal(TaskStatus),
@@ -178,9 +199,14 @@ impl Ledger {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let shown = path.display().to_string();
-        let mut writer = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(|error| LedgerError::Corrupt { path: shown.clone(), detail: error.to_string() })?;
+        let mut writer = SqliteConnection::connect_with(&options).await.map_err(|error| {
+            let detail = error.to_string();
+            if is_corruption(&error) {
+                LedgerError::Corrupt { path: shown.clone(), detail }
+            } else {
+                LedgerError::Open { path: shown.clone(), detail }
+            }
+        })?;
         let verdict: String = sqlx::query_scalar("PRAGMA quick_check")
             .fetch_one(&mut writer)
             .await
@@ -284,24 +310,33 @@ impl Ledger {
     }
 
     /// Removes a task that was stored for a submission every slave then refused, so
-    /// "full capacity" leaves nothing behind (SPEC §4). Its id is never reused.
-    pub async fn delete_refused_task(&self, id: TaskId) -> Result<(), LedgerError> {
+    /// "full capacity" leaves nothing behind (SPEC §4); its events go with it (cascade).
+    /// Its id is never reused. Guarded: false if the task moved on meanwhile (requeued
+    /// and taken by the dispatcher), and then it stays.
+    pub async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query!("DELETE FROM task_events WHERE task_id = ?1", id).execute(&mut *conn).await?;
-                sqlx::query!("DELETE FROM tasks WHERE id = ?1", id).execute(&mut *conn).await?;
-                Ok(())
+                let deleted = sqlx::query!(
+                    "DELETE FROM tasks WHERE id = ?1 AND status = 'in_progress' AND slave_id = ?2 AND attempts = 1",
+                    id,
+                    slave,
+                )
+                .execute(&mut *conn)
+                .await?;
+                Ok(deleted.rows_affected() == 1)
             })
         })
         .await
     }
 
-    /// Assigns a task that is not final to `slave` under `attempt`, before the offer is
-    /// sent (so a result can never arrive for an assignment not yet on disk). False if
-    /// the task became final meanwhile (cancelled).
+    /// Assigns a task to `slave` under `attempt`, before the offer is sent (so a result
+    /// can never arrive for an assignment not yet on disk). Guarded by where the task is
+    /// expected to be (`from`): false if anything moved it meanwhile (cancelled,
+    /// requeued, taken by another dispatch), and then the caller must leave it alone.
     pub async fn assign(
         &self,
         id: TaskId,
+        from: AssignFrom,
         slave: SlaveId,
         attempt: i64,
         deadline: Timestamp,
@@ -309,20 +344,39 @@ impl Ledger {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
-                let assigned = sqlx::query!(
-                    "UPDATE tasks SET status = 'in_progress', slave_id = ?1, attempts = ?2,
-                                      assigned_at = ?3, deadline_at = ?4
-                      WHERE id = ?5 AND status IN ('pending', 'in_progress')",
-                    slave,
-                    attempt,
-                    now,
-                    deadline,
-                    id,
-                )
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
+                let outcome = match from {
+                    AssignFrom::Pending { attempts } => {
+                        sqlx::query!(
+                            "UPDATE tasks SET status = 'in_progress', slave_id = ?1, attempts = ?2,
+                                              assigned_at = ?3, deadline_at = ?4
+                              WHERE id = ?5 AND status = 'pending' AND attempts = ?6",
+                            slave,
+                            attempt,
+                            now,
+                            deadline,
+                            id,
+                            attempts,
+                        )
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                    AssignFrom::Slave { slave: previous } => {
+                        sqlx::query!(
+                            "UPDATE tasks SET status = 'in_progress', slave_id = ?1, attempts = ?2,
+                                              assigned_at = ?3, deadline_at = ?4
+                              WHERE id = ?5 AND status = 'in_progress' AND slave_id = ?6 AND attempts = ?2",
+                            slave,
+                            attempt,
+                            now,
+                            deadline,
+                            id,
+                            previous,
+                        )
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                };
+                let assigned = outcome.rows_affected() == 1;
                 if assigned {
                     let detail = format!("attempt {attempt}");
                     insert_event(conn, id, &now, "assigned", Some(slave), Some(&detail)).await?;
@@ -335,17 +389,24 @@ impl Ledger {
 
     /// Puts a task whose offers were all refused back to `pending` with its attempts
     /// as they were before (`attempts` counts accepted offers only).
-    pub async fn unassign(&self, id: TaskId, slave: SlaveId, attempts: i64) -> Result<(), LedgerError> {
+    pub async fn unassign(
+        &self,
+        id: TaskId,
+        slave: SlaveId,
+        attempt: i64,
+        attempts: i64,
+    ) -> Result<(), LedgerError> {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
                 let unassigned = sqlx::query!(
                     "UPDATE tasks SET status = 'pending', slave_id = NULL, attempts = ?1,
                                       assigned_at = NULL, deadline_at = NULL
-                      WHERE id = ?2 AND status = 'in_progress' AND slave_id = ?3",
+                      WHERE id = ?2 AND status = 'in_progress' AND slave_id = ?3 AND attempts = ?4",
                     attempts,
                     id,
                     slave,
+                    attempt,
                 )
                 .execute(&mut *conn)
                 .await?
@@ -488,7 +549,7 @@ impl Ledger {
                 .await?;
                 let slave = current.slave_id.filter(|_| current.status == TaskStatus::InProgress);
                 insert_event(conn, id, &now, "cancelled", slave, None).await?;
-                Ok(Cancellation::Cancelled { slave })
+                Ok(Cancellation::Cancelled { slave, attempt: current.attempts })
             })
         })
         .await
@@ -678,17 +739,55 @@ impl Ledger {
         .await
     }
 
-    /// Forgets a slave (its tasks must have been requeued first). False if unknown.
-    pub async fn delete_slave(&self, id: SlaveId) -> Result<bool, LedgerError> {
+    /// Forgets a slave, unless a task is in progress on it: an offer made before the
+    /// slave left the registry may have been assigned after its tasks were requeued.
+    pub async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {
         self.write(move |conn| {
             Box::pin(async move {
-                let deleted =
-                    sqlx::query!("DELETE FROM slaves WHERE id = ?1", id).execute(&mut *conn).await?;
-                Ok(deleted.rows_affected() == 1)
+                let deleted = sqlx::query!(
+                    "DELETE FROM slaves WHERE id = ?1
+                        AND NOT EXISTS (SELECT 1 FROM tasks WHERE status = 'in_progress' AND slave_id = ?1)",
+                    id
+                )
+                .execute(&mut *conn)
+                .await?;
+                if deleted.rows_affected() == 1 {
+                    return Ok(SlaveDeletion::Deleted);
+                }
+                let known = sqlx::query_scalar!("SELECT COUNT(*) FROM slaves WHERE id = ?1", id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(if known == 0 { SlaveDeletion::NotFound } else { SlaveDeletion::StillHoldsTasks })
             })
         })
         .await
     }
+
+    /// Gives every in-progress task at least until `at` (master start): time the master
+    /// was down must not count against a task whose slave kept working (SPEC §7).
+    pub async fn extend_deadlines(&self, at: Timestamp) -> Result<(), LedgerError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query!(
+                    "UPDATE tasks SET deadline_at = ?1 WHERE status = 'in_progress' AND deadline_at < ?1",
+                    at
+                )
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+/// Whether SQLite said the file is damaged or not a database at all (SQLITE_CORRUPT,
+/// SQLITE_NOTADB), as opposed to a file that cannot be opened (permissions, path).
+fn is_corruption(error: &sqlx::Error) -> bool {
+    const SQLITE_CORRUPT: &str = "11";
+    const SQLITE_NOTADB: &str = "26";
+    let code = error.as_database_error().and_then(|e| e.code());
+    matches!(code.as_deref(), Some(SQLITE_CORRUPT | SQLITE_NOTADB))
 }
 
 /// Why a report that changed nothing changed nothing.
@@ -796,14 +895,17 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Vec<Del
         return deliveries;
     }
     for job in batch.drain(..) {
-        let savepoint = sqlx::query("SAVEPOINT write").execute(&mut *conn).await;
-        let (succeeded, deliver) = job(conn).await;
-        if savepoint.is_ok() {
-            if !succeeded {
-                let _ = sqlx::query("ROLLBACK TO write").execute(&mut *conn).await;
-            }
-            let _ = sqlx::query("RELEASE write").execute(&mut *conn).await;
+        if let Err(error) = sqlx::query("SAVEPOINT write").execute(&mut *conn).await {
+            // Unprotected, a failing job's partial writes would commit: drop it instead,
+            // which answers its caller `LedgerError::Closed`.
+            tracing::error!(%error, "cannot open a savepoint; the write is refused");
+            continue;
         }
+        let (succeeded, deliver) = job(conn).await;
+        if !succeeded {
+            let _ = sqlx::query("ROLLBACK TO write").execute(&mut *conn).await;
+        }
+        let _ = sqlx::query("RELEASE write").execute(&mut *conn).await;
         deliveries.push(deliver);
     }
     deliveries

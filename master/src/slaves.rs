@@ -137,6 +137,15 @@ impl SlaveRegistry {
         Some(Candidate { id: entry.id, name: entry.name.clone(), url: entry.url.clone() })
     }
 
+    /// Slots free on slaves that take offers now, as far as the master knows.
+    pub fn free_slots(&self) -> usize {
+        self.slaves()
+            .iter()
+            .filter(|e| e.state == SlaveState::Up && !e.suspect && !e.refused)
+            .map(|e| e.capacity.saturating_sub(e.running))
+            .sum()
+    }
+
     /// Frees a slot: the offer was refused, or the task finished or left the slave.
     pub fn release(&self, id: SlaveId) {
         if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {

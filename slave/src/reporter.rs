@@ -115,6 +115,7 @@ impl Reporter {
                 Ok(registered) => {
                     tracing::info!(slave_id = registered.id, position = registered.position, master = %self.inner.master_url, "registered");
                     self.inner.slave_id.send_replace(Some(registered.id));
+                    self.inner.slots.start_accepting();
                     return Some(registered.id);
                 }
                 Err(error) => {
@@ -144,7 +145,7 @@ impl Reporter {
     async fn heartbeat(&self, id: i64) -> reqwest::Result<StatusCode> {
         let url = format!("{}/slaves/{id}/heartbeat", self.inner.master_url);
         let slots = &self.inner.slots;
-        let body = Heartbeat { running: slots.held_ids(), draining: !slots.is_accepting() };
+        let body = Heartbeat { running: slots.held_ids(), draining: slots.is_stopping() };
         let request = self.inner.token.authorize(self.inner.http.post(url).json(&body));
         Ok(request.send().await?.status())
     }

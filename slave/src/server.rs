@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
@@ -103,9 +103,19 @@ async fn run(state: SlaveState, offer: Offer, cancel: tokio_util::sync::Cancella
     state.slots.release(offer.task_id, offer.attempt);
 }
 
-/// The master cancelled the task (or moved it elsewhere): stop it and forget it.
-async fn drop_task(State(state): State<SlaveState>, Path(id): Path<i64>) -> Response {
-    if state.slots.drop_task(id) {
+/// `DELETE /tasks/{id}` query: the attempt to drop; without it, whatever is held.
+#[derive(Debug, serde::Deserialize)]
+struct DropParams {
+    attempt: Option<i64>,
+}
+
+/// The master cancelled the task (or gave up on an attempt): stop it and forget it.
+async fn drop_task(
+    State(state): State<SlaveState>,
+    Path(id): Path<i64>,
+    Query(params): Query<DropParams>,
+) -> Response {
+    if state.slots.drop_task(id, params.attempt) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, "not_found", format!("task {id} is not held by this slave"))

@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio::sync::Notify;
@@ -32,7 +35,11 @@ struct Held {
 pub struct Slots {
     capacity: usize,
     held: Mutex<HashMap<i64, Held>>,
-    accepting: std::sync::atomic::AtomicBool,
+    /// Set once the master has this slave's registration: before that, a task it
+    /// accepted would be requeued by the registration itself ("holds no tasks").
+    registered: AtomicBool,
+    /// Set at shutdown: no more offers, heartbeats say `draining`.
+    stopping: AtomicBool,
     /// Signalled whenever a task stops being held, for shutdown to wait on.
     released: Notify,
 }
@@ -43,7 +50,8 @@ impl Slots {
         Self {
             capacity: capacity.max(1),
             held: Mutex::new(HashMap::new()),
-            accepting: true.into(),
+            registered: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             released: Notify::new(),
         }
     }
@@ -69,14 +77,24 @@ impl Slots {
         self.is_accepting() && self.running() < self.capacity
     }
 
-    /// Whether offers are still taken (false once shutdown began).
+    /// Whether offers are taken: registered and not stopping.
     pub fn is_accepting(&self) -> bool {
-        self.accepting.load(std::sync::atomic::Ordering::SeqCst)
+        self.registered.load(Ordering::SeqCst) && !self.is_stopping()
+    }
+
+    /// Whether shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The master has registered this slave: offers may be taken from now on.
+    pub fn start_accepting(&self) {
+        self.registered.store(true, Ordering::SeqCst);
     }
 
     /// Refuses every later offer (graceful shutdown).
     pub fn stop_accepting(&self) {
-        self.accepting.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Reserves a slot for `task_id` at `attempt`; the returned token cancels its run.
@@ -115,9 +133,13 @@ impl Slots {
         }
     }
 
-    /// The master cancelled the task: stop its run and forget it. False if not held.
-    pub fn drop_task(&self, task_id: i64) -> bool {
-        let removed = self.held().remove(&task_id);
+    /// The master cancelled the task (or gave up on this attempt): stop its run and
+    /// forget it. With `attempt`, only that attempt is dropped, so a late drop of an
+    /// old attempt cannot stop a new offer of the same task. False if not held.
+    pub fn drop_task(&self, task_id: i64, attempt: Option<i64>) -> bool {
+        let mut held = self.held();
+        let matches = held.get(&task_id).is_some_and(|h| attempt.is_none_or(|a| a == h.attempt));
+        let removed = if matches { held.remove(&task_id) } else { None };
         if let Some(held) = &removed {
             held.cancel.cancel();
             self.released.notify_waiters();
@@ -163,9 +185,33 @@ fn count_running(held: &HashMap<i64, Held>) -> usize {
 mod tests {
     use super::*;
 
+    fn accepting(capacity: usize) -> Slots {
+        let slots = Slots::new(capacity);
+        slots.start_accepting();
+        slots
+    }
+
+    #[test]
+    fn offers_are_refused_until_the_master_has_the_registration() {
+        let slots = Slots::new(1);
+        assert_eq!(slots.reserve(1, 1).0, Reservation::Full { running: 0 });
+        slots.start_accepting();
+        assert_eq!(slots.reserve(1, 1).0, Reservation::Reserved { running: 1 });
+    }
+
+    #[test]
+    fn a_drop_for_an_old_attempt_leaves_the_new_one_running() {
+        let slots = accepting(1);
+        let (_, cancel) = slots.reserve(7, 2);
+        assert!(!slots.drop_task(7, Some(1)));
+        assert!(!cancel.is_cancelled());
+        assert!(slots.drop_task(7, Some(2)));
+        assert!(cancel.is_cancelled());
+    }
+
     #[test]
     fn reserves_up_to_capacity_then_refuses() {
-        let slots = Slots::new(2);
+        let slots = accepting(2);
         assert_eq!(slots.reserve(1, 1).0, Reservation::Reserved { running: 1 });
         assert_eq!(slots.reserve(2, 1).0, Reservation::Reserved { running: 2 });
         assert_eq!(slots.reserve(3, 1).0, Reservation::Full { running: 2 });
@@ -173,14 +219,14 @@ mod tests {
 
     #[test]
     fn a_retried_offer_is_answered_without_taking_another_slot() {
-        let slots = Slots::new(1);
+        let slots = accepting(1);
         slots.reserve(7, 1);
         assert_eq!(slots.reserve(7, 1).0, Reservation::AlreadyHeld { running: 1 });
     }
 
     #[test]
     fn a_finished_task_frees_its_slot_but_stays_held_until_released() {
-        let slots = Slots::new(1);
+        let slots = accepting(1);
         slots.reserve(1, 1);
         slots.finish_running(1, 1);
         assert_eq!(slots.reserve(2, 1).0, Reservation::Reserved { running: 1 });
@@ -191,16 +237,16 @@ mod tests {
 
     #[test]
     fn dropping_a_task_cancels_its_run() {
-        let slots = Slots::new(1);
+        let slots = accepting(1);
         let (_, cancel) = slots.reserve(1, 1);
-        assert!(slots.drop_task(1));
+        assert!(slots.drop_task(1, None));
         assert!(cancel.is_cancelled());
-        assert!(!slots.drop_task(1));
+        assert!(!slots.drop_task(1, None));
     }
 
     #[test]
     fn a_stopping_slave_refuses_offers() {
-        let slots = Slots::new(1);
+        let slots = accepting(1);
         slots.stop_accepting();
         assert_eq!(slots.reserve(1, 1).0, Reservation::Full { running: 0 });
     }

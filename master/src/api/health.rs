@@ -48,6 +48,6 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
         content_type = "text/plain")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state.cluster.render_metrics();
+    let body = state.cluster.render_metrics().await;
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

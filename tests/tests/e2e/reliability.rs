@@ -253,3 +253,47 @@ async fn a_master_killed_under_load_keeps_every_task_it_acknowledged_and_nothing
     .unwrap();
     assert_eq!(recorded_twice, 0);
 }
+
+#[tokio::test]
+async fn deregistering_a_slave_re_dispatches_its_task_to_the_next_slave() {
+    let options = MasterOptions { token: Some("admin".to_owned()), ..MasterOptions::default() };
+    let cluster = Cluster::start_with(options, Vec::new(), &[1, 1]).await;
+    let reply = cluster.submit("9-2", 1_500).await;
+    assert_eq!(reply.body["slave"]["name"], "slave-1");
+    let id = id_of(&reply);
+    let slave_id = reply.body["slave"]["id"].as_i64().unwrap();
+
+    let gone = cluster.http.delete(&cluster.url(&format!("/slaves/{slave_id}"))).await;
+    assert_eq!(gone.status, 204, "{:?}", gone.body);
+    let task = cluster.wait_final(id).await;
+    assert_eq!((task["status"].as_str(), task["result"].as_f64()), (Some("done"), Some(7.0)));
+    assert_eq!((task["slave"]["name"].as_str(), task["attempts"].as_i64()), (Some("slave-2"), Some(2)));
+    let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
+    let names: Vec<&Value> = slaves["slaves"].as_array().unwrap().iter().map(|s| &s["name"]).collect();
+    assert_eq!(names, vec!["slave-2"]);
+    let again = cluster.http.delete(&cluster.url(&format!("/slaves/{slave_id}"))).await;
+    assert_eq!(again.status_and_code(), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn a_task_past_its_deadline_is_taken_from_its_slave_and_run_elsewhere() {
+    // The slave stays "up" (120 s timeout) but its task overruns: only the deadline can act.
+    let options = MasterOptions {
+        // An offer to the frozen slave must give up before the next deadline passes.
+        args: ["--slave-timeout", "120s", "--task-timeout", "300ms", "--offer-timeout", "100ms"]
+            .map(String::from)
+            .to_vec(),
+        ..MasterOptions::default()
+    };
+    let cluster = Cluster::start_with(options, Vec::new(), &[1, 1]).await;
+    let reply = cluster.submit("2*21", 200).await;
+    assert_eq!(reply.body["slave"]["name"], "slave-1");
+    let id = id_of(&reply);
+    // Frozen, slave-1 overruns its deadline (300 ms + 200 ms).
+    cluster.slaves[0].signal(libc::SIGSTOP);
+    let task = cluster.wait_final(id).await;
+    assert_eq!((task["status"].as_str(), task["result"].as_f64()), (Some("done"), Some(42.0)));
+    assert_eq!((task["slave"]["name"].as_str(), task["attempts"].as_i64()), (Some("slave-2"), Some(2)));
+    cluster.slaves[0].signal(libc::SIGCONT);
+    assert_eq!(cluster.event_count(id, "done").await, 1);
+}

@@ -54,6 +54,9 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
+            // A child that fails to start says why in a line or two (shown from its log),
+            // not in a backtrace the caller's RUST_BACKTRACE would add to its error.
+            .env("RUST_LIB_BACKTRACE", "0")
             .kill_on_drop(true) // a bench that fails half-way leaves no cluster behind
             .spawn()
             .map_err(|error| BenchError::Start(format!("cannot run {}: {error}", program.display())))?;

@@ -8,7 +8,7 @@
 //! a write's future resolves only after its transaction is durable (`synchronous=FULL`).
 //! Each write runs inside its own savepoint, so one failing write never undoes another.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 use slave::protocol::{Outcome, Registration, Variables};
@@ -17,6 +17,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{NewTask, SlaveId, SlaveState, TaskId, TaskStatus, Timestamp};
 
@@ -56,6 +57,9 @@ type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bo
 pub struct Ledger {
     reads: SqlitePool,
     jobs: mpsc::Sender<Job>,
+    /// Cancelled by [`Ledger::close`]: the writer finishes what is queued and exits.
+    closing: CancellationToken,
+    writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// A task as stored, with its slave's name.
@@ -220,8 +224,21 @@ impl Ledger {
             .connect_with(options.read_only(true))
             .await?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(writer, queue, batches, max_batch.max(1)));
-        Ok(Self { reads, jobs })
+        let closing = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(writer, queue, batches, max_batch.max(1), closing.clone()));
+        Ok(Self { reads, jobs, closing, writer: Arc::new(tokio::sync::Mutex::new(Some(writer))) })
+    }
+
+    /// Commits every queued write, then closes all connections, so SQLite checkpoints
+    /// the WAL into the file and removes it. Later writes fail with `Closed`.
+    pub async fn close(&self) {
+        // Readers first: only the last connection to close checkpoints and removes the
+        // WAL, and a read-only one cannot, so the writer must be last.
+        self.reads.close().await;
+        self.closing.cancel();
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.await;
+        }
     }
 
     /// Runs `job` on the write connection in the next batch; resolves once committed.
@@ -237,7 +254,11 @@ impl Ledger {
                 let succeeded = outcome.is_ok();
                 let deliver: Deliver = Box::new(move |committed| {
                     // The caller may have gone (client hung up); the write stands regardless.
-                    let _ = reply.send(committed.map_err(LedgerError::CommitFailed).and(outcome));
+                    // The write's own error first; otherwise whether its batch committed.
+                    let _ = reply.send(
+                        outcome
+                            .and_then(|value| committed.map(|()| value).map_err(LedgerError::CommitFailed)),
+                    );
                 });
                 (succeeded, deliver)
             })
@@ -299,10 +320,7 @@ impl Ledger {
                 )
                 .fetch_one(&mut *conn)
                 .await?;
-                // One event, not "submitted" + "assigned": a task that goes straight to a
-                // slave is the common case, and a third of the ledger's rows were these.
-                let detail = slave.map(|_| "assigned to this slave at submission, attempt 1");
-                insert_event(conn, id, &now, "submitted", slave, detail).await?;
+                // The `submitted` event is written by a trigger (migration 2).
                 Ok(id)
             })
         })
@@ -462,8 +480,7 @@ impl Ledger {
                 .rows_affected()
                     == 1;
                 if recorded {
-                    let kind = status.as_str();
-                    insert_event(conn, id, &now, kind, Some(slave), error.as_deref()).await?;
+                    // The `done`/`failed` event is written by a trigger (migration 2).
                     return Ok(ResultRecording::Recorded(status));
                 }
                 let Some(current) = task_row(conn, id).await? else { return Ok(ResultRecording::NotFound) };
@@ -505,7 +522,7 @@ impl Ledger {
                     if !failed {
                         return Ok(Requeue::NotHeld);
                     }
-                    insert_event(conn, id, &now, "failed", Some(slave), Some(&error)).await?;
+                    // The `failed` event, with the reason from `error`, comes from a trigger.
                     return Ok(Requeue::Failed);
                 }
                 let requeued = sqlx::query!(
@@ -856,24 +873,47 @@ async fn insert_event(
 }
 
 /// The writer: takes every queued write (up to `max_batch`), runs them in one
-/// transaction, commits once, then answers each caller.
+/// transaction, commits once, then answers each caller. If any write of a batch fails,
+/// the whole batch is rolled back and every caller hears so: no caller is ever told a
+/// write committed that did not, and no half-done write is kept. (Per-write savepoints
+/// would isolate failures, at two more round trips to SQLite's worker thread per write;
+/// writes fail only when the disk or the database does, so that price bought nothing.)
 async fn write_loop(
     mut conn: SqliteConnection,
     mut jobs: mpsc::Receiver<Job>,
     stats: crate::metrics::BatchStats,
     max_batch: usize,
+    closing: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    while jobs.recv_many(&mut batch, max_batch).await > 0 {
+    let mut closing_seen = false;
+    loop {
+        let received = tokio::select! {
+            received = jobs.recv_many(&mut batch, max_batch) => received,
+            () = closing.cancelled(), if !closing_seen => {
+                // No new writes from now on; those already queued still run below.
+                closing_seen = true;
+                jobs.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let started = std::time::Instant::now();
         let size = batch.len();
-        let deliveries = run_batch(&mut conn, &mut batch).await;
-        let committed = match sqlx::query("COMMIT").execute(&mut conn).await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                tracing::error!(%error, "ledger commit failed; the batch is lost and its callers told");
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                Err(error.to_string())
+        let (deliveries, failed) = run_batch(&mut conn, &mut batch).await;
+        let committed = if failed {
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+            Err("another write of the same batch failed; the batch was rolled back".to_owned())
+        } else {
+            match sqlx::query("COMMIT").execute(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    tracing::error!(%error, "ledger commit failed; the batch is lost and its callers told");
+                    let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                    Err(error.to_string())
+                }
             }
         };
         stats.observe(size, started.elapsed());
@@ -881,32 +921,28 @@ async fn write_loop(
             deliver(committed.clone());
         }
     }
-    // Every Ledger handle is gone: the queue is empty and every write answered.
+    // The queue is closed and drained: every write has been answered. Closing the
+    // connection lets SQLite checkpoint and remove the WAL.
     let _ = conn.close().await;
 }
 
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Vec<Deliver> {
+/// Runs a batch inside `BEGIN IMMEDIATE`; true in the second place if a write failed
+/// (the rest of the batch is then dropped, which answers those callers `Closed`).
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> (Vec<Deliver>, bool) {
     let mut deliveries = Vec::with_capacity(batch.len());
     if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         tracing::error!(%error, "cannot begin a ledger transaction");
         // Running the jobs now would autocommit them one by one behind their callers'
         // backs; dropping them answers each caller `LedgerError::Closed` instead.
         batch.clear();
-        return deliveries;
+        return (deliveries, true);
     }
     for job in batch.drain(..) {
-        if let Err(error) = sqlx::query("SAVEPOINT write").execute(&mut *conn).await {
-            // Unprotected, a failing job's partial writes would commit: drop it instead,
-            // which answers its caller `LedgerError::Closed`.
-            tracing::error!(%error, "cannot open a savepoint; the write is refused");
-            continue;
-        }
         let (succeeded, deliver) = job(conn).await;
-        if !succeeded {
-            let _ = sqlx::query("ROLLBACK TO write").execute(&mut *conn).await;
-        }
-        let _ = sqlx::query("RELEASE write").execute(&mut *conn).await;
         deliveries.push(deliver);
+        if !succeeded {
+            return (deliveries, true); // dropping the drain drops the jobs left
+        }
     }
-    deliveries
+    (deliveries, false)
 }

@@ -140,6 +140,7 @@ impl Master {
         loops.wait().await;
         serving.cancel();
         server.await.map_err(io::Error::other)??;
+        cluster.ledger().close().await;
         tracing::info!("stopped");
         Ok(())
     }

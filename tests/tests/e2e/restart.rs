@@ -71,6 +71,8 @@ async fn a_master_stopped_with_sigterm_exits_zero_and_keeps_its_ledger() {
     cluster.wait_final(id).await;
     let status = cluster.master.terminate(std::time::Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
+    let wal = cluster.db.with_extension("db-wal");
+    assert!(!wal.exists(), "a clean stop checkpoints and removes the WAL");
     cluster.start_master_again().await;
     assert_eq!(cluster.task(id).await["result"], 2.5);
 }

@@ -1,0 +1,116 @@
+//! Statements about slaves: registration, state, deletion.
+
+use slave::protocol::Registration;
+
+use super::{Ledger, LedgerError, SlaveDeletion, SlaveRow};
+use crate::model::{SlaveId, SlaveState, Timestamp};
+
+impl Ledger {
+    /// Registers a slave, or re-registers a known name keeping its id and position and
+    /// updating url and capacity (SPEC §4). The slave is `up` afterwards.
+    pub async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError> {
+        let now = Timestamp::now();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let capacity = i64::from(registration.capacity);
+                Ok(sqlx::query_as!(
+                    SlaveRow,
+                    r#"INSERT INTO slaves (name, url, capacity, position, state, registered_at, last_seen_at)
+                       VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM slaves), 'up', ?4, ?4)
+                       ON CONFLICT (name) DO UPDATE
+                          SET url = excluded.url, capacity = excluded.capacity,
+                              state = 'up', last_seen_at = excluded.last_seen_at
+                       RETURNING id AS "id!: SlaveId", name, url, capacity, position,
+                                 state AS "state: SlaveState",
+                                 registered_at AS "registered_at: Timestamp",
+                                 last_seen_at AS "last_seen_at: Timestamp""#,
+                    registration.name,
+                    registration.url,
+                    capacity,
+                    now,
+                )
+                .fetch_one(&mut *conn)
+                .await?)
+            })
+        })
+        .await
+    }
+
+    /// Every slave in registration order.
+    pub async fn slaves(&self) -> Result<Vec<SlaveRow>, LedgerError> {
+        Ok(sqlx::query_as!(
+            SlaveRow,
+            r#"SELECT id AS "id!: SlaveId", name, url, capacity, position,
+                      state AS "state: SlaveState",
+                      registered_at AS "registered_at: Timestamp",
+                      last_seen_at AS "last_seen_at: Timestamp"
+                 FROM slaves ORDER BY position"#
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// Stores a slave's state and when it was last heard from.
+    pub async fn update_slave(
+        &self,
+        id: SlaveId,
+        state: SlaveState,
+        last_seen_at: Timestamp,
+    ) -> Result<bool, LedgerError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let updated = sqlx::query!(
+                    "UPDATE slaves SET state = ?1, last_seen_at = ?2 WHERE id = ?3",
+                    state,
+                    last_seen_at,
+                    id,
+                )
+                .execute(&mut *conn)
+                .await?;
+                Ok(updated.rows_affected() == 1)
+            })
+        })
+        .await
+    }
+
+    /// Forgets a slave, unless a task is in progress on it: an offer made before the
+    /// slave left the registry may have been assigned after its tasks were requeued.
+    pub async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let deleted = sqlx::query!(
+                    "DELETE FROM slaves WHERE id = ?1
+                        AND NOT EXISTS (SELECT 1 FROM tasks WHERE status = 'in_progress' AND slave_id = ?1)",
+                    id
+                )
+                .execute(&mut *conn)
+                .await?;
+                if deleted.rows_affected() == 1 {
+                    return Ok(SlaveDeletion::Deleted);
+                }
+                let known = sqlx::query_scalar!("SELECT COUNT(*) FROM slaves WHERE id = ?1", id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(if known == 0 { SlaveDeletion::NotFound } else { SlaveDeletion::StillHoldsTasks })
+            })
+        })
+        .await
+    }
+
+    /// Gives every in-progress task at least until `at` (master start): time the master
+    /// was down must not count against a task whose slave kept working (SPEC §7).
+    pub async fn extend_deadlines(&self, at: Timestamp) -> Result<(), LedgerError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query!(
+                    "UPDATE tasks SET deadline_at = ?1 WHERE status = 'in_progress' AND deadline_at < ?1",
+                    at
+                )
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}

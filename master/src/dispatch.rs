@@ -250,9 +250,7 @@ impl Cluster {
                 self.ledger().oldest_pending(free.min(PENDING_BATCH).saturating_add(in_flight)).await?;
             let waiting: Vec<TaskRow> =
                 pending.into_iter().filter(|task| !offers.is_offering(task.id)).collect();
-            if waiting.is_empty() {
-                return Ok(());
-            }
+            let mut started = 0;
             for task in waiting {
                 let variables = match task.variables() {
                     Ok(variables) => variables,
@@ -270,6 +268,11 @@ impl Cluster {
                     }
                 });
                 offers.started(handle, id);
+                started += 1;
+            }
+            // Nothing startable in what was read (or nothing to read): wait for a wake.
+            if started == 0 {
+                return Ok(());
             }
         }
     }

@@ -20,10 +20,7 @@ use axum::{
 pub use errors::{ApiError, ErrorCode};
 use serde::de::DeserializeOwned;
 use slave::auth::require_token;
-use tower_http::{
-    timeout::TimeoutLayer,
-    trace::{DefaultOnFailure, TraceLayer},
-};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{cluster::Cluster, metrics::Route};
 
@@ -67,12 +64,24 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn(time_limit))
         // Added last = outermost: every event of a request sits in its span. A 5xx such
         // as full_capacity is an answer, not a failure; our real failures are logged by
         // `ApiError::internal`.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
         .with_state(state)
+}
+
+/// Ends a request that runs past [`REQUEST_TIMEOUT`] with a 503 in the error shape (so
+/// graceful shutdown can never hang on one request).
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_elapsed) => {
+            let message = format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs());
+            ApiError::new(ErrorCode::Unavailable, message).into_response()
+        }
+    }
 }
 
 async fn not_found() -> ApiError {

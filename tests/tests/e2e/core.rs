@@ -127,3 +127,53 @@ async fn two_hundred_concurrent_submissions_all_finish_with_unique_ids_and_no_bu
     let counts = cluster.http.get(&cluster.url("/tasks?limit=1")).await.body["counts"].clone();
     assert_eq!(counts["done"], 200);
 }
+
+#[tokio::test]
+async fn queue_mode_answers_202_pending_runs_tasks_in_order_and_refuses_past_the_queue_limit() {
+    let options = cluster_tests::MasterOptions {
+        args: ["--when-full", "queue", "--queue-limit", "2"].map(String::from).to_vec(),
+        ..cluster_tests::MasterOptions::default()
+    };
+    let cluster = Cluster::start_with(options, Vec::new(), &[1]).await;
+    let running = cluster.submit("1+1", 1_000).await;
+    assert_eq!(running.status, 201, "{:?}", running.body);
+    let mut queued = Vec::new();
+    for expression in ["2+2", "3+3"] {
+        let reply = cluster.submit(expression, 0).await;
+        assert_eq!((reply.status, reply.body["status"].as_str()), (202, Some("pending")), "{:?}", reply.body);
+        queued.push(reply.body["id"].as_i64().unwrap());
+    }
+    let refused = cluster.submit("4+4", 0).await;
+    assert_eq!(refused.status_and_code(), (503, "queue_full"));
+    assert!(refused.headers.contains_key("retry-after"));
+
+    let first = cluster.wait_final(queued[0]).await;
+    let second = cluster.wait_final(queued[1]).await;
+    assert_eq!((first["result"].as_f64(), second["result"].as_f64()), (Some(4.0), Some(6.0)));
+    let (first_at, second_at) =
+        (first["assigned_at"].as_str().unwrap(), second["assigned_at"].as_str().unwrap());
+    assert!(first_at <= second_at, "oldest pending first: {first_at} vs {second_at}");
+    let counts = cluster.http.get(&cluster.url("/tasks")).await.body["counts"].clone();
+    assert_eq!(counts, json!({"pending": 0, "in_progress": 0, "done": 3, "failed": 0, "cancelled": 0}));
+}
+
+#[tokio::test]
+async fn a_slave_the_master_forgot_registers_again_on_its_next_heartbeat() {
+    let options = cluster_tests::MasterOptions {
+        args: ["--heartbeat-interval", "200ms", "--slave-timeout", "1s"].map(String::from).to_vec(),
+        ..cluster_tests::MasterOptions::default()
+    };
+    let cluster = Cluster::start_with(options, cluster_tests::fast_heartbeats(), &[1]).await;
+    let before = cluster.wait_for_slave_state("slave-1", "up").await;
+    let gone = cluster.http.delete(&cluster.url(&format!("/slaves/{}", before["id"]))).await;
+    assert_eq!(gone.status, 204);
+    // The next heartbeat gets 404 and the slave registers again: a new registration.
+    eventually("slave-1 to register again", || async {
+        let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
+        let slave = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "slave-1")?.clone();
+        (slave["registered_at"] != before["registered_at"]).then_some(slave)
+    })
+    .await;
+    let reply = cluster.submit("5*5", 0).await;
+    assert_eq!(reply.body["message"], "Task successfully assigned to slave-1");
+}

@@ -222,11 +222,6 @@ impl SlaveRegistry {
             })
             .collect()
     }
-
-    /// Slaves in state up.
-    pub fn count_up(&self) -> usize {
-        self.slaves().iter().filter(|e| e.state == SlaveState::Up).count()
-    }
 }
 
 #[cfg(test)]

@@ -52,8 +52,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MASTER_DB", default_value = config::DEFAULT_DB)]
     pub db: PathBuf,
     /// Shared cluster secret, required as `Authorization: Bearer` on slave and admin calls.
+    /// Prefer the environment or --token-file: a flag's value shows in `ps`.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the cluster secret (e.g. a systemd credential, `%d/cluster-token`).
+    #[arg(long, env = "CLUSTER_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Allow a non-loopback listen address without a token.
     #[arg(long, env = "MASTER_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
@@ -97,7 +101,7 @@ impl ServeArgs {
         let config = ServeConfig {
             listen: self.listen,
             db: self.db,
-            token: slave::auth::Token::new(self.token),
+            token: slave::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
             when_full: self.when_full,
             queue_limit: self.queue_limit,
             offer_timeout: self.offer_timeout,
@@ -126,6 +130,9 @@ pub struct ClientArgs {
     /// Cluster token, sent as `Authorization: Bearer` (needed for cancel when set).
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the cluster token.
+    #[arg(long, env = "CLUSTER_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,

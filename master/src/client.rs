@@ -17,6 +17,8 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     #[error("{status}: {code}: {message}")]
     Api { status: u16, code: String, message: String },
+    #[error("{0}")]
+    Config(String),
     #[error("task {id} ended {status}: {error}")]
     TaskFailed { id: i64, status: String, error: String },
 }
@@ -38,7 +40,8 @@ impl Client {
         Ok(Self {
             http,
             base: args.master.trim_end_matches('/').to_owned(),
-            token: slave::auth::Token::new(args.token.clone()),
+            token: slave::auth::Token::from_flag_or_file(args.token.clone(), args.token_file.as_deref())
+                .map_err(ClientError::Config)?,
             json: args.json,
         })
     }

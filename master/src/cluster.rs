@@ -22,8 +22,9 @@ use crate::{
         TaskRow,
     },
     metrics::{Metrics, Reason, SlaveLabel},
-    model::{SlaveId, SlaveState, SlaveUrl, TaskId, TaskStatus, Timestamp},
-    slaves::{Liveness, SlaveRegistry},
+    model::{SlaveId, SlaveState, SlaveUrl, TaskId, TaskStatus},
+    slaves::{Liveness, SlaveRegistry, Touch},
+    timers::TaskTimers,
 };
 
 /// Longest slave name accepted at registration.
@@ -33,6 +34,8 @@ pub const MAX_SLAVE_NAME_CHARS: usize = 64;
 const DEREGISTER_ROUNDS: usize = 5;
 /// Largest capacity a slave may announce.
 pub const MAX_SLAVE_CAPACITY: u32 = 100_000;
+/// Longest instance id a slave may send.
+pub const MAX_INSTANCE_CHARS: usize = 64;
 
 /// The master's moving parts; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<ServeConfig>,
     pub(crate) metrics: Metrics,
     waiters: Waiters,
+    /// Deadlines and offer times of in-progress tasks, on monotonic time.
+    pub(crate) timers: TaskTimers,
     /// Wakes the dispatcher: a task became pending or a slot freed.
     pub(crate) dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
@@ -63,8 +68,22 @@ pub enum RegisterError {
     BadCapacity,
     #[error("{0}")]
     BadUrl(String),
+    #[error("instance must be at most {MAX_INSTANCE_CHARS} characters")]
+    BadInstance,
+    #[error("{0} is up and held by another live process; stop it or pick another name")]
+    NameInUse(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+}
+
+/// Whether a registration's URL is checked by asking it (`GET /availability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// From the network: the URL must answer as a slave, and a name held by another
+    /// live process is refused.
+    Ask,
+    /// The master's own local slaves, registered before they serve.
+    Trusted,
 }
 
 impl Cluster {
@@ -76,14 +95,19 @@ impl Cluster {
         metrics: Metrics,
         http: reqwest::Client,
     ) -> Result<Self, LedgerError> {
-        // Downtime of the master must not count against tasks whose slaves kept working:
-        // give each a slave timeout to be heard from again (SPEC §7, late results).
-        ledger.extend_deadlines(Timestamp::in_future(config.slave_timeout)).await?;
         let slaves = SlaveRegistry::default();
         let in_progress = ledger.in_progress().await?;
         for row in ledger.slaves().await? {
             let running = in_progress.iter().filter(|task| task.slave_id == row.id).count();
             slaves.upsert(&row, running);
+        }
+        // Downtime of the master must not count against tasks whose slaves kept working
+        // (SPEC §7, late results): each gets a whole deadline from now, on this
+        // process's monotonic clock (the stored `deadline_at` is for people only).
+        let timers = TaskTimers::default();
+        for task in &in_progress {
+            let budget = config.task_deadline(u64::try_from(task.delay_ms).unwrap_or(0));
+            timers.start(task.id, task.slave_id, task.attempts, budget);
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -93,6 +117,7 @@ impl Cluster {
                 config,
                 metrics,
                 waiters: Waiters::default(),
+                timers,
                 dispatch_wanted: Notify::new(),
                 accepting: AtomicBool::new(true),
             }),
@@ -143,6 +168,7 @@ impl Cluster {
         let slave = SlaveId(report.slave_id);
         let recording = self.inner.ledger.record_result(id, slave, report.attempt, report.outcome).await?;
         if let ResultRecording::Recorded(status) = recording {
+            self.inner.timers.stop(id, slave, report.attempt);
             self.inner.slaves.release(slave);
             self.task_finished(id, status);
             self.wake_dispatcher();
@@ -155,6 +181,7 @@ impl Cluster {
         let cancellation = self.inner.ledger.cancel(id).await?;
         if let Cancellation::Cancelled { slave, attempt } = cancellation {
             if let Some(slave) = slave {
+                self.inner.timers.stop(id, slave, attempt);
                 self.inner.slaves.release(slave);
                 self.tell_slave_to_drop(slave, id, attempt);
                 self.wake_dispatcher();
@@ -206,7 +233,24 @@ impl Cluster {
 
     /// Registers (or re-registers) a slave. A registering slave holds no tasks (SPEC §7),
     /// so whatever the ledger still has in progress on it goes back to pending at once.
+    /// Its URL must answer `GET /availability` as a slave (so a master, this one or
+    /// another, is never taken for one: SPEC §8), and a name whose slave is up in
+    /// another live process is refused (409 `name_in_use`).
     pub async fn register(&self, registration: Registration) -> Result<SlaveRow, RegisterError> {
+        self.register_probed(registration, Probe::Ask).await
+    }
+
+    /// Registers one of this master's own `--local-slaves`, which serve only once the
+    /// master runs: nothing to ask yet.
+    pub(crate) async fn register_local(&self, registration: Registration) -> Result<SlaveRow, RegisterError> {
+        self.register_probed(registration, Probe::Trusted).await
+    }
+
+    async fn register_probed(
+        &self,
+        registration: Registration,
+        probe: Probe,
+    ) -> Result<SlaveRow, RegisterError> {
         let name_ok = !registration.name.is_empty()
             && registration.name.chars().count() <= MAX_SLAVE_NAME_CHARS
             && registration.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -216,8 +260,21 @@ impl Cluster {
         if !(1..=MAX_SLAVE_CAPACITY).contains(&registration.capacity) {
             return Err(RegisterError::BadCapacity);
         }
+        if registration
+            .instance
+            .as_ref()
+            .is_some_and(|instance| instance.chars().count() > MAX_INSTANCE_CHARS)
+        {
+            return Err(RegisterError::BadInstance);
+        }
         let url = SlaveUrl::parse(&registration.url).map_err(RegisterError::BadUrl)?;
         let registration = Registration { url: url.as_str().to_owned(), ..registration };
+        if probe == Probe::Ask {
+            self.ask_slave(&registration.url).await.map_err(|why| {
+                RegisterError::BadUrl(format!("url `{}` does not answer as a slave: {why}", registration.url))
+            })?;
+            self.check_name_is_free(&registration).await?;
+        }
         let row = self.inner.ledger.register_slave(registration).await?;
         let held = self.inner.ledger.in_progress_on(row.id).await?;
         self.inner.slaves.upsert(&row, held.len());
@@ -229,13 +286,50 @@ impl Cluster {
         Ok(row)
     }
 
+    /// `GET {url}/availability`, as a slave answers it: `Ok` with the instance it
+    /// names, `Err` with what it answered instead. A master answers 404 there.
+    async fn ask_slave(&self, url: &str) -> Result<Option<String>, String> {
+        let request =
+            self.inner.http.get(format!("{url}/availability")).timeout(self.inner.config.offer_timeout);
+        let response = request.send().await.map_err(|error| error.to_string())?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(format!("GET /availability answered {}", response.status()));
+        }
+        let availability: slave::protocol::Availability = response
+            .json()
+            .await
+            .map_err(|error| format!("GET /availability answered no slave's body: {error}"))?;
+        Ok(availability.instance)
+    }
+
+    /// SPEC §8: a name belongs to one live process. The current holder is asked at its
+    /// URL: if it answers as the instance that registered (or, registered with none,
+    /// as any other instance than this one), it is alive and the name is taken. A
+    /// holder that is down, gone, or replaced by this very process (a restart on the
+    /// same address) gives the name up.
+    async fn check_name_is_free(&self, registration: &Registration) -> Result<(), RegisterError> {
+        let Some(holder) = self.inner.slaves.holder_of(&registration.name) else { return Ok(()) };
+        if holder.state == SlaveState::Down
+            || holder.instance == registration.instance && holder.instance.is_some()
+        {
+            return Ok(());
+        }
+        let Ok(Some(answering)) = self.ask_slave(&holder.url).await else { return Ok(()) };
+        let is_new_process = registration.instance.as_deref() == Some(answering.as_str());
+        let is_holder = holder.instance.as_deref().is_none_or(|instance| instance == answering);
+        if !is_new_process && is_holder {
+            tracing::warn!(slave = %registration.name, url = %registration.url, held_at = %holder.url,
+                "registration refused: the name is held by another live process");
+            return Err(RegisterError::NameInUse(registration.name.clone()));
+        }
+        Ok(())
+    }
+
     /// Takes a heartbeat: the slave is up (or draining); tasks it no longer lists
-    /// (allowing for offers still in flight) are lost on it. False if the master does
-    /// not know it.
-    pub async fn heartbeat(&self, slave: SlaveId, heartbeat: &Heartbeat) -> Result<bool, LedgerError> {
-        let Some((liveness, seen_at)) = self.inner.slaves.touch(slave, heartbeat.draining) else {
-            return Ok(false);
-        };
+    /// (allowing for offers still in flight) are lost on it.
+    pub async fn heartbeat(&self, slave: SlaveId, heartbeat: &Heartbeat) -> Result<Touch, LedgerError> {
+        let touch = self.inner.slaves.touch(slave, heartbeat.draining, heartbeat.instance.as_deref());
+        let Touch::Taken(liveness, seen_at) = touch.clone() else { return Ok(touch) };
         let state = if heartbeat.draining { SlaveState::Draining } else { SlaveState::Up };
         self.inner.ledger.update_slave(slave, state, seen_at).await?;
         if liveness == Liveness::CameBack {
@@ -249,14 +343,13 @@ impl Cluster {
         } else {
             self.inner.config.offer_timeout + self.inner.config.heartbeat_interval
         };
-        let assigned_before = Timestamp::in_past(grace);
         let held: HashSet<i64> = heartbeat.running.iter().copied().collect();
         for task in self.inner.ledger.in_progress_on(slave).await? {
-            if !held.contains(&task.id.0) && task.assigned_at <= assigned_before {
+            if !held.contains(&task.id.0) && !self.inner.timers.offered_within(task.id, grace) {
                 self.requeue(task, "the slave no longer holds it".to_owned()).await?;
             }
         }
-        Ok(true)
+        Ok(touch)
     }
 
     /// Deregisters a slave; its in-progress tasks are re-dispatched. False if unknown.
@@ -301,6 +394,9 @@ impl Cluster {
             reason.clone(),
         );
         let outcome = outcome.await?;
+        if outcome != Requeue::NotHeld {
+            self.inner.timers.stop(task.id, task.slave_id, task.attempts);
+        }
         match outcome {
             Requeue::Pending { attempts } => {
                 tracing::info!(task_id = %task.id, slave_id = %task.slave_id, attempts, %reason, "task requeued");
@@ -346,10 +442,13 @@ impl Cluster {
                 self.requeue(task, format!("{name} went silent")).await?;
             }
         }
-        for task in self.inner.ledger.overdue(&Timestamp::now()).await? {
-            let (slave, id, attempt) = (task.slave_id, task.id, task.attempts);
-            if self.requeue(task, "it ran past its deadline".to_owned()).await? != Requeue::NotHeld {
-                self.tell_slave_to_drop(slave, id, attempt);
+        for overdue in self.inner.timers.overdue() {
+            let (slave, id, attempt) = (overdue.slave, overdue.task, overdue.attempt);
+            // The delay is not needed to requeue; the guarded write checks the rest.
+            let task = HeldTask { id, slave_id: slave, attempts: attempt, delay_ms: 0 };
+            match self.requeue(task, "it ran past its deadline".to_owned()).await? {
+                Requeue::NotHeld => self.inner.timers.stop(id, slave, attempt),
+                Requeue::Pending { .. } | Requeue::Failed => self.tell_slave_to_drop(slave, id, attempt),
             }
         }
         Ok(())

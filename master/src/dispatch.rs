@@ -41,6 +41,8 @@ pub enum SubmitError {
     FullCapacity,
     #[error("no slave is registered and up")]
     NoSlaves,
+    #[error("no slave could be reached: {0}")]
+    Unreachable(String),
     #[error("the queue holds {0} pending tasks, its limit")]
     QueueFull(i64),
     #[error("the master is shutting down")]
@@ -56,6 +58,9 @@ enum OfferOutcome {
     Taken(Candidate),
     /// Every slave with room refused; the task is still assigned to this last one.
     AllRefused(SlaveId),
+    /// No slave tried answered at all (each is marked suspect); the task is still
+    /// assigned to the last one. Says why, slave by slave.
+    AllUnreachable(SlaveId, String),
     /// The task moved on (cancelled, requeued) while being offered: leave it alone.
     Gone,
 }
@@ -86,11 +91,15 @@ impl Cluster {
         let Some(first) = self.slaves().reserve_next(&[]) else {
             return if queue_mode {
                 self.enqueue(&task).await
+            } else if !self.slaves().has_reachable_slaves() {
+                let why = "every slave that is up left its last offer unanswered".to_owned();
+                Err(self.rejected(SubmitError::Unreachable(why)))
             } else {
                 Err(self.rejected(SubmitError::FullCapacity))
             };
         };
-        let deadline = Timestamp::in_future(self.config().task_deadline(task.delay_ms));
+        let budget = self.config().task_deadline(task.delay_ms);
+        let deadline = Timestamp::in_future(budget);
         let id = match self.ledger().insert_task(&task, Some((first.id, deadline.clone()))).await {
             Ok(id) => id,
             Err(error) => {
@@ -98,6 +107,7 @@ impl Cluster {
                 return Err(error.into());
             }
         };
+        self.inner.timers.start(id, first.id, 1, budget);
         tracing::Span::current().record("task_id", id.0);
         let offer = Offer {
             task_id: id.0,
@@ -106,16 +116,23 @@ impl Cluster {
             variables: task.variables,
             delay_ms: task.delay_ms,
         };
-        let submitted = match self.offer_in_order(&offer, first, &deadline).await? {
+        let outcome = self.offer_in_order(&offer, first, &deadline).await?;
+        let submitted = match outcome {
             OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
-            OfferOutcome::AllRefused(last) if queue_mode => {
+            OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) if queue_mode => {
+                self.inner.timers.stop(id, last, 1);
                 self.ledger().unassign(id, last, 1, 0).await?;
                 self.wake_dispatcher();
                 Submitted::Queued { id }
             }
-            OfferOutcome::AllRefused(last) => {
+            OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
+                let refusal = match outcome_reason(&outcome) {
+                    Some(why) => SubmitError::Unreachable(why),
+                    None => SubmitError::FullCapacity,
+                };
+                self.inner.timers.stop(id, last, 1);
                 if self.ledger().delete_refused_task(id, last).await? {
-                    return Err(self.rejected(SubmitError::FullCapacity));
+                    return Err(self.rejected(refusal));
                 }
                 // It moved on meanwhile (the slave went down and the task was requeued):
                 // it is stored and will run, so the client hears so.
@@ -131,7 +148,7 @@ impl Cluster {
     fn rejected(&self, error: SubmitError) -> SubmitError {
         let reason = match &error {
             SubmitError::FullCapacity => "full_capacity",
-            SubmitError::NoSlaves => "no_slaves",
+            SubmitError::NoSlaves | SubmitError::Unreachable(_) => "no_slaves",
             SubmitError::QueueFull(_) => "queue_full",
             SubmitError::ShuttingDown => "shutting_down",
             SubmitError::Ledger(_) => "internal",
@@ -161,6 +178,9 @@ impl Cluster {
     ) -> Result<OfferOutcome, LedgerError> {
         let id = TaskId(offer.task_id);
         let mut tried = Vec::new();
+        // Why each slave tried did not answer; emptied by the first refusal, since then
+        // some slave is there and merely busy.
+        let mut unanswered = Some(Vec::new());
         let mut candidate = first;
         loop {
             match self.offer(&candidate, offer).await {
@@ -172,17 +192,24 @@ impl Cluster {
                 Answer::Refused => {
                     self.count_offer("refused");
                     self.slaves().release_refused(candidate.id);
+                    unanswered = None;
                 }
                 Answer::Unreachable(why) => {
                     self.count_offer("unanswered");
                     tracing::warn!(slave = %candidate.name, %why, "offer unanswered; slave marked suspect");
                     self.slaves().release(candidate.id);
                     self.slaves().mark_suspect(candidate.id);
+                    if let Some(reasons) = unanswered.as_mut() {
+                        reasons.push(format!("{}: {why}", candidate.name));
+                    }
                 }
             }
             tried.push(candidate.id);
             let Some(next) = self.slaves().reserve_next(&tried) else {
-                return Ok(OfferOutcome::AllRefused(candidate.id));
+                return Ok(match unanswered {
+                    Some(reasons) => OfferOutcome::AllUnreachable(candidate.id, reasons.join("; ")),
+                    None => OfferOutcome::AllRefused(candidate.id),
+                });
             };
             let from = AssignFrom::Slave { slave: candidate.id };
             let assigned = self.ledger().assign(id, from, next.id, offer.attempt, deadline.clone()).await;
@@ -190,6 +217,7 @@ impl Cluster {
                 self.slaves().release(next.id);
                 return assigned.map(|_| OfferOutcome::Gone);
             }
+            self.inner.timers.start(id, next.id, offer.attempt, self.config().task_deadline(offer.delay_ms));
             candidate = next;
         }
     }
@@ -286,7 +314,8 @@ impl Cluster {
     ) -> Result<(), LedgerError> {
         let attempt = task.attempts.max(1);
         let delay_ms = u64::try_from(task.delay_ms).unwrap_or(0);
-        let deadline = Timestamp::in_future(self.config().task_deadline(delay_ms));
+        let budget = self.config().task_deadline(delay_ms);
+        let deadline = Timestamp::in_future(budget);
         let from = AssignFrom::Pending { attempts: task.attempts };
         let assigned = self.ledger().assign(task.id, from, slave.id, attempt, deadline.clone()).await;
         if !matches!(assigned, Ok(true)) {
@@ -294,11 +323,24 @@ impl Cluster {
             self.slaves().release(slave.id);
             return assigned.map(|_| ());
         }
+        self.inner.timers.start(task.id, slave.id, attempt, budget);
         let offer = Offer { task_id: task.id.0, attempt, variables, expression: task.expression, delay_ms };
-        if let OfferOutcome::AllRefused(last) = self.offer_in_order(&offer, slave, &deadline).await? {
-            self.ledger().unassign(task.id, last, attempt, task.attempts).await?;
+        match self.offer_in_order(&offer, slave, &deadline).await? {
+            OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
+                self.inner.timers.stop(task.id, last, attempt);
+                self.ledger().unassign(task.id, last, attempt, task.attempts).await?;
+            }
+            OfferOutcome::Taken(_) | OfferOutcome::Gone => {}
         }
         Ok(())
+    }
+}
+
+/// Why a submission found no slave at all, when that is why (rather than all busy).
+fn outcome_reason(outcome: &OfferOutcome) -> Option<String> {
+    match outcome {
+        OfferOutcome::AllUnreachable(_, why) => Some(why.clone()),
+        OfferOutcome::Taken(_) | OfferOutcome::AllRefused(_) | OfferOutcome::Gone => None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `slaves`   — the registry: slaves in position order with their free capacity.
 //! - `dispatch` — submission and offers to slaves in registration order (SPEC §5).
 //! - `cluster`  — results, cancels, registration, heartbeats, the reaper (SPEC §7).
+//! - `timers`   — deadlines and offer times of in-progress tasks, on monotonic time.
 //! - `api`      — thin axum handlers: parse, call, map the error (SPEC §4).
 //! - `dashboard` — the live page at `GET /` (SPEC §9), embedded in the binary.
 //! - `config`   — validated `master serve` settings; `cli` — the command line;
@@ -24,6 +25,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod slaves;
+pub mod timers;
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -75,9 +77,10 @@ impl Master {
             // Registered here, one after the other, so the order is slave-1, slave-2, ...
             // whichever slave task happens to start first.
             let capacity = u32::try_from(config.local_slave_capacity).unwrap_or(u32::MAX);
-            let registration = Registration { name: name.clone(), url: url.clone(), capacity };
+            let registration =
+                Registration { name: name.clone(), url: url.clone(), capacity, instance: None };
             cluster
-                .register(registration)
+                .register_local(registration)
                 .await
                 .map_err(|error| MasterError::LocalSlave { name: name.clone(), reason: error.to_string() })?;
             let slave_config = SlaveConfig {
@@ -88,10 +91,16 @@ impl Master {
                 token: config.token.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 shutdown_grace: slave::DEFAULT_SHUTDOWN_GRACE,
+                request_timeout: slave::DEFAULT_REQUEST_TIMEOUT,
             };
             local_slaves.push((slave_config, listener));
         }
         Ok(Self { listener, cluster, local_slaves })
+    }
+
+    /// The ledger (for the readiness and watchdog checks of `master serve`).
+    pub fn ledger(&self) -> Ledger {
+        self.cluster.ledger().clone()
     }
 
     /// The bound API address.

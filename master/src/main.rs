@@ -42,6 +42,47 @@ async fn serve(args: master::cli::ServeArgs) -> anyhow::Result<()> {
     println!("dashboard: http://{addr}/   tasks: http://{addr}/tasks   ledger: {db}");
     let stop = CancellationToken::new();
     tokio::spawn(slave::serve::cancel_on_signal(stop.clone()));
+    tell_systemd_when_healthy(master.ledger(), stop.clone());
     master.run_until_stopped(stop).await?;
     Ok(())
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once the API is bound and a
+/// ledger write really commits (the same check as `GET /healthz`), then WATCHDOG=1
+/// every half watchdog period only while that check holds, so a master whose ledger
+/// was lost (disk full, file deleted) is restarted by systemd instead of lingering.
+/// Outside systemd (no `$NOTIFY_SOCKET`) this does nothing.
+fn tell_systemd_when_healthy(ledger: master::ledger::Ledger, stop: CancellationToken) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let retry = std::time::Duration::from_millis(200);
+        while let Err(error) = ledger.probe_writable().await {
+            tracing::warn!(%error, "not ready: the ledger does not commit a write yet");
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+        if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(%error, "could not tell systemd the master is ready");
+        }
+        let Some(period) = sd_notify::watchdog_enabled() else { return };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period / 2) => {}
+                () = stop.cancelled() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                    return;
+                }
+            }
+            match ledger.probe_writable().await {
+                Ok(()) => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                Err(error) => tracing::error!(%error, "watchdog not fed: the ledger does not commit writes"),
+            }
+        }
+    });
 }

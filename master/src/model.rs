@@ -213,10 +213,10 @@ impl NewTask {
         }
         for (name, value) in &variables {
             if !is_variable_name(name) {
-                return Err(InvalidTask::BadVariableName(name.clone()));
+                return Err(InvalidTask::BadVariableName(shortened(name)));
             }
             if !value.is_finite() {
-                return Err(InvalidTask::NonFiniteVariable(name.clone()));
+                return Err(InvalidTask::NonFiniteVariable(shortened(name)));
             }
         }
         eval::check(expression, &variables).map_err(InvalidTask::Expression)?;
@@ -251,7 +251,13 @@ impl SlaveUrl {
             return Err(format!("url `{raw}` must be http(s)://host:port with no path, query or fragment"));
         }
         let host = url.host_str().ok_or_else(|| format!("url `{raw}` has no host"))?;
-        let port = url.port_or_known_default().ok_or_else(|| format!("url `{raw}` has no port"))?;
+        // The url crate forgets a default port (`:80` reads as no port), so the explicit
+        // port of SPEC §8 is checked on the text; port 0 names no listening slave.
+        let port = url.port_or_known_default().filter(|_| has_explicit_port(raw));
+        let port = port.ok_or_else(|| format!("url `{raw}` must name its port: http(s)://host:port"))?;
+        if port == 0 {
+            return Err(format!("url `{raw}` has port 0; give the port the slave listens on"));
+        }
         let host =
             if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
         Ok(Self(format!("{}://{host}:{port}", url.scheme())))
@@ -261,6 +267,30 @@ impl SlaveUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether the authority of `raw` (an already parsed URL) ends in `:digits`.
+fn has_explicit_port(raw: &str) -> bool {
+    let rest = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host_port)| host_port);
+    // `[::1]:9000`: the port follows the closing bracket; `[::1]` has none.
+    let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, after)| after);
+    after_host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `text` for an error message: whole when short, else its start and its length, so a
+/// 10 000-character name is not echoed back whole.
+pub fn shortened(text: &str) -> String {
+    const SHOWN_CHARS: usize = 32;
+    let chars = text.chars().count();
+    if chars <= SHOWN_CHARS {
+        return text.to_owned();
+    }
+    let start: String = text.chars().take(SHOWN_CHARS).collect();
+    format!("{start}… ({chars} characters)")
 }
 
 #[cfg(test)]
@@ -323,6 +353,23 @@ mod tests {
         assert!(SlaveUrl::parse("http://host:1/?q=1").is_err());
         assert!(SlaveUrl::parse("ftp://host:1").is_err());
         assert!(SlaveUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn slave_urls_name_a_real_port() {
+        assert_eq!(SlaveUrl::parse("http://10.0.0.2:80").unwrap().as_str(), "http://10.0.0.2:80");
+        assert!(SlaveUrl::parse("http://10.0.0.2").unwrap_err().contains("must name its port"));
+        assert!(SlaveUrl::parse("https://slave.example/").unwrap_err().contains("must name its port"));
+        assert!(SlaveUrl::parse("http://[::1]").is_err());
+        assert!(SlaveUrl::parse("http://127.0.0.1:0").unwrap_err().contains("port 0"));
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_messages() {
+        assert_eq!(shortened("x1"), "x1");
+        let long = "a".repeat(10_000);
+        let shown = shortened(&long);
+        assert!(shown.len() < 60 && shown.ends_with("(10000 characters)"), "{shown}");
     }
 
     #[test]

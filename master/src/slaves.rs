@@ -37,6 +37,8 @@ struct Entry {
     /// Skipped by dispatch until a slot frees or it heartbeats: it refused an offer the
     /// view thought it had room for (it holds work the master does not know of).
     refused: bool,
+    /// The process run that registered it last.
+    instance: Option<String>,
 }
 
 /// A slave picked for one offer, with a slot reserved for it in the view.
@@ -60,6 +62,25 @@ pub struct SlaveView {
     pub registered_at: Timestamp,
     pub last_seen_at: Timestamp,
     pub suspect: bool,
+}
+
+/// The holder of a name, for the one-process-per-name check at registration (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameHolder {
+    pub url: String,
+    pub state: SlaveState,
+    pub instance: Option<String>,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touch {
+    /// Taken: the slave is up (or draining), seen now.
+    Taken(Liveness, Timestamp),
+    /// The master does not know this slave id.
+    Unknown,
+    /// Another process registered under this slave's name since this one did.
+    Superseded,
 }
 
 /// What a heartbeat changed.
@@ -101,6 +122,7 @@ impl SlaveRegistry {
             last_seen: Instant::now(),
             suspect: false,
             refused: false,
+            instance: row.instance.clone(),
         };
         match slaves.iter_mut().find(|e| e.id == row.id) {
             Some(existing) => *existing = entry,
@@ -120,6 +142,11 @@ impl SlaveRegistry {
     /// Whether any slave is registered and not down.
     pub fn has_live_slaves(&self) -> bool {
         self.slaves().iter().any(|e| e.state == SlaveState::Up)
+    }
+
+    /// Whether any slave is up and answered its last offer (not suspect).
+    pub fn has_reachable_slaves(&self) -> bool {
+        self.slaves().iter().any(|e| e.state == SlaveState::Up && !e.suspect)
     }
 
     /// Reserves a slot on the first slave in position order that is up, not suspect,
@@ -170,11 +197,16 @@ impl SlaveRegistry {
         }
     }
 
-    /// A heartbeat arrived: the slave is up (or draining, if it said so) and no longer
-    /// suspect. `None` if unknown.
-    pub fn touch(&self, id: SlaveId, draining: bool) -> Option<(Liveness, Timestamp)> {
+    /// A heartbeat arrived from `instance`: the slave is up (or draining, if it said so)
+    /// and no longer suspect, unless another instance holds its name now.
+    pub fn touch(&self, id: SlaveId, draining: bool, instance: Option<&str>) -> Touch {
         let mut slaves = self.slaves();
-        let entry = slaves.iter_mut().find(|e| e.id == id)?;
+        let Some(entry) = slaves.iter_mut().find(|e| e.id == id) else { return Touch::Unknown };
+        if let (Some(holder), Some(sender)) = (entry.instance.as_deref(), instance)
+            && holder != sender
+        {
+            return Touch::Superseded;
+        }
         let came_back = !draining && (entry.state != SlaveState::Up || entry.suspect);
         entry.state = if draining { SlaveState::Draining } else { SlaveState::Up };
         entry.suspect = false;
@@ -182,7 +214,16 @@ impl SlaveRegistry {
         entry.last_seen = Instant::now();
         entry.last_seen_at = Timestamp::now();
         let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
-        Some((liveness, entry.last_seen_at.clone()))
+        Touch::Taken(liveness, entry.last_seen_at.clone())
+    }
+
+    /// Who holds `name` now, if anyone.
+    pub fn holder_of(&self, name: &str) -> Option<NameHolder> {
+        self.slaves().iter().find(|e| e.name == name).map(|e| NameHolder {
+            url: e.url.clone(),
+            state: e.state,
+            instance: e.instance.clone(),
+        })
     }
 
     /// Marks `down` every up or draining slave silent for longer than `timeout`; returns them.
@@ -238,6 +279,14 @@ mod tests {
             state: SlaveState::Up,
             registered_at: Timestamp::now(),
             last_seen_at: Timestamp::now(),
+            instance: Some(format!("run-{id}")),
+        }
+    }
+
+    fn liveness(touch: Touch) -> Liveness {
+        match touch {
+            Touch::Taken(liveness, _) => liveness,
+            other => panic!("heartbeat not taken: {other:?}"),
         }
     }
 
@@ -261,7 +310,7 @@ mod tests {
         registry.mark_suspect(SlaveId(1));
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2");
         assert_eq!(registry.reserve_next(&[SlaveId(2)]), None);
-        assert_eq!(registry.touch(SlaveId(1), false).unwrap().0, Liveness::CameBack);
+        assert_eq!(liveness(registry.touch(SlaveId(1), false, None)), Liveness::CameBack);
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
     }
 
@@ -279,9 +328,18 @@ mod tests {
     fn a_draining_slave_gets_no_offers() {
         let registry = SlaveRegistry::default();
         registry.upsert(&row(1, "slave-1", 1, 1), 0);
-        assert_eq!(registry.touch(SlaveId(1), true).unwrap().0, Liveness::StillUp);
+        assert_eq!(liveness(registry.touch(SlaveId(1), true, Some("run-1"))), Liveness::StillUp);
         assert_eq!(registry.views()[0].state, SlaveState::Draining);
         assert_eq!(registry.reserve_next(&[]), None);
+    }
+
+    #[test]
+    fn a_heartbeat_from_a_superseded_process_is_refused() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 1, 1), 0);
+        assert_eq!(registry.touch(SlaveId(1), false, Some("an-older-run")), Touch::Superseded);
+        assert!(matches!(registry.touch(SlaveId(1), false, Some("run-1")), Touch::Taken(..)));
+        assert_eq!(registry.touch(SlaveId(9), false, None), Touch::Unknown);
     }
 
     #[tokio::test(start_paused = true)]

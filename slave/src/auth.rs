@@ -30,6 +30,17 @@ impl Token {
         Self(secret.filter(|s| !s.is_empty()).map(Arc::from))
     }
 
+    /// The token from `--token` or from the file `--token-file` names (one of them at
+    /// most; clap enforces that). The file's surrounding whitespace (a trailing newline)
+    /// is not part of the secret, and an empty file means no token, like an empty value.
+    /// The file keeps the secret out of `ps` and out of the environment (SPEC §8).
+    pub fn from_flag_or_file(secret: Option<String>, file: Option<&std::path::Path>) -> Result<Self, String> {
+        let Some(path) = file else { return Ok(Self::new(secret)) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read the token file {}: {error}", path.display()))?;
+        Ok(Self::new(Some(text.trim().to_owned())))
+    }
+
     /// Whether a secret is configured.
     pub fn is_set(&self) -> bool {
         self.0.is_some()
@@ -94,6 +105,19 @@ mod tests {
     fn no_token_admits_everyone() {
         assert!(Token::new(None).admits(&HeaderMap::new()));
         assert!(Token::new(Some(String::new())).admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_token_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let token = Token::from_flag_or_file(None, Some(&path)).unwrap();
+        assert!(token.admits(&bearer("Bearer s3cret")));
+        std::fs::write(&path, "").unwrap();
+        assert!(!Token::from_flag_or_file(None, Some(&path)).unwrap().is_set());
+        let missing = Token::from_flag_or_file(None, Some(&dir.path().join("nope"))).unwrap_err();
+        assert!(missing.contains("cannot read the token file"), "{missing}");
     }
 
     #[test]

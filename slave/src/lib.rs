@@ -31,6 +31,8 @@ use crate::{auth::Token, metrics::SlaveMetrics, reporter::Reporter, slots::Slots
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// Default time a stopping slave gives its running tasks before handing them back.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default longest request, as on the master.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Everything a slave needs to run, validated.
 #[derive(Debug, Clone)]
@@ -46,6 +48,9 @@ pub struct SlaveConfig {
     pub token: Token,
     pub heartbeat_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Longest a request may take, body included (SPEC §8: a client that trickles
+    /// its body is cut off).
+    pub request_timeout: Duration,
 }
 
 /// Shared handles of one running slave.
@@ -57,6 +62,11 @@ pub struct SlaveState {
     /// Every task run, so shutdown can wait for them.
     pub runs: TaskTracker,
     pub metrics: SlaveMetrics,
+    /// Id of this run of the process, shown by `GET /availability` and sent with
+    /// registrations and heartbeats.
+    pub instance: Arc<str>,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
 }
 
 /// Serves on `listener`, registers with the master and heartbeats until `stop` is
@@ -69,13 +79,16 @@ pub async fn run(listener: TcpListener, config: SlaveConfig, stop: CancellationT
     };
     let slots = Arc::new(Slots::new(config.capacity));
     let metrics = SlaveMetrics::new(config.capacity);
-    let reporter = Reporter::new(&config, advertised, slots.clone(), metrics.clone())?;
+    let instance: Arc<str> = protocol::new_instance_id().into();
+    let reporter = Reporter::new(&config, advertised, instance.to_string(), slots.clone(), metrics.clone())?;
     let state = SlaveState {
         slots: slots.clone(),
         reporter: reporter.clone(),
         token: config.token.clone(),
         runs: TaskTracker::new(),
         metrics,
+        instance,
+        request_timeout: config.request_timeout,
     };
 
     let serving = CancellationToken::new();

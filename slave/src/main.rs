@@ -27,15 +27,22 @@ struct Cli {
     /// Tasks run at once.
     #[arg(long, env = "SLAVE_CAPACITY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     capacity: u32,
-    /// Shared cluster secret, sent and required as `Authorization: Bearer`.
+    /// Shared cluster secret, sent and required as `Authorization: Bearer`. Prefer the
+    /// environment or --token-file: a flag's value shows in `ps`.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the cluster secret (e.g. a systemd credential, `%d/cluster-token`).
+    #[arg(long, env = "CLUSTER_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Time between heartbeats to the master.
     #[arg(long, env = "SLAVE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
     /// Time running tasks get to finish after SIGTERM before they are handed back.
     #[arg(long, env = "SLAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Longest a request may take, body included; slower clients get 503 and are cut off.
+    #[arg(long, env = "SLAVE_REQUEST_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
     /// Log format on stderr.
     #[arg(long, env = "SLAVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -48,7 +55,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     slave::logging::init(cli.log_format);
-    let token = Token::new(cli.token);
+    let token = Token::from_flag_or_file(cli.token, cli.token_file.as_deref()).map_err(anyhow::Error::msg)?;
     if !cli.listen.ip().is_loopback() && !token.is_set() && !cli.insecure {
         anyhow::bail!(
             "refusing to listen on non-loopback address {} without a token: set --token/CLUSTER_TOKEN or pass --insecure",
@@ -66,7 +73,13 @@ async fn main() -> anyhow::Result<()> {
         token,
         heartbeat_interval: cli.heartbeat_interval,
         shutdown_grace: cli.shutdown_grace,
+        request_timeout: cli.request_timeout,
     };
+    // Under systemd (Type=notify): ready once bound; registration goes on in the
+    // background and is retried until the master takes it. No-op outside systemd.
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "could not tell systemd the slave is ready");
+    }
     let stop = CancellationToken::new();
     tokio::spawn(slave::serve::cancel_on_signal(stop.clone()));
     slave::run(listener, config, stop).await

@@ -34,14 +34,29 @@ pub struct Availability {
     pub message: String,
     pub running: usize,
     pub capacity: usize,
+    /// The answering slave process (`GET /availability` only): lets the master tell a
+    /// live process from its restart at the same address (SPEC §8, one process per name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Availability {
     /// Builds the answer with the demo's exact message for `available`.
     pub fn new(available: bool, running: usize, capacity: usize) -> Self {
         let message = if available { AVAILABLE } else { NOT_AVAILABLE };
-        Self { available, message: message.to_owned(), running, capacity }
+        Self { available, message: message.to_owned(), running, capacity, instance: None }
     }
+}
+
+/// A fresh id for one run of a slave process: distinct across processes and restarts
+/// (std's `RandomState` is seeded from the OS; pid and start time make a collision moot).
+pub fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    hasher.write_u128(nanos.as_nanos());
+    format!("{:016x}", hasher.finish())
 }
 
 /// Slave → master `POST /slaves`.
@@ -56,6 +71,11 @@ pub struct Registration {
     /// Tasks the slave runs at once.
     #[schema(minimum = 1, maximum = 100000)]
     pub capacity: u32,
+    /// Id of this run of the slave process; a name up under another live instance is
+    /// refused with 409 `name_in_use`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64, example = "5f0c2a9e41d7b3c8")]
+    pub instance: Option<String>,
 }
 
 /// Master → slave: the answer to a registration.
@@ -74,6 +94,9 @@ pub struct Heartbeat {
     /// list is no longer held (no offer can be in flight to it).
     #[serde(default)]
     pub draining: bool,
+    /// The instance that registered; a heartbeat from a superseded one gets 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// How a task ended on the slave.

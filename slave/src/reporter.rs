@@ -59,6 +59,7 @@ impl Reporter {
     pub fn new(
         config: &SlaveConfig,
         advertised_url: String,
+        instance: String,
         slots: Arc<Slots>,
         metrics: SlaveMetrics,
     ) -> anyhow::Result<Self> {
@@ -66,6 +67,7 @@ impl Reporter {
             name: config.name.clone(),
             url: advertised_url,
             capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
+            instance: Some(instance),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -99,6 +101,13 @@ impl Reporter {
                     Ok(status) if status.is_success() => {}
                     Ok(StatusCode::NOT_FOUND) => {
                         tracing::warn!(slave_id = id, "master does not know this slave; registering again");
+                        break;
+                    }
+                    Ok(StatusCode::CONFLICT) => {
+                        // Another process registered under this name while this one was
+                        // taken for down: it owns the name now (SPEC §8).
+                        tracing::error!(slave_id = id, name = %self.inner.registration.name,
+                            "another process took over this slave name; registering again");
                         break;
                     }
                     Ok(status) => tracing::warn!(%status, "heartbeat refused"),
@@ -145,7 +154,11 @@ impl Reporter {
     async fn heartbeat(&self, id: i64) -> reqwest::Result<StatusCode> {
         let url = format!("{}/slaves/{id}/heartbeat", self.inner.master_url);
         let slots = &self.inner.slots;
-        let body = Heartbeat { running: slots.held_ids(), draining: slots.is_stopping() };
+        let body = Heartbeat {
+            running: slots.held_ids(),
+            draining: slots.is_stopping(),
+            instance: self.inner.registration.instance.clone(),
+        };
         let request = self.inner.token.authorize(self.inner.http.post(url).json(&body));
         Ok(request.send().await?.status())
     }

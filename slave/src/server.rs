@@ -35,12 +35,31 @@ pub fn router(state: SlaveState) -> Router {
         .route("/metrics", get(metrics))
         .merge(protected)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.request_timeout, time_limit))
         .with_state(state)
+}
+
+/// Ends a request that runs past the request timeout (a body trickled a byte a second
+/// holds a connection forever otherwise) with a 503 in the error shape; the connection
+/// is closed after it, since the rest of the body was never read.
+async fn time_limit(
+    State(limit): State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_elapsed) => {
+            let message = format!("the request took longer than {limit:?}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
 }
 
 async fn availability(State(state): State<SlaveState>) -> Json<Availability> {
     let slots = &state.slots;
-    Json(Availability::new(slots.is_available(), slots.running(), slots.capacity()))
+    let availability = Availability::new(slots.is_available(), slots.running(), slots.capacity());
+    Json(Availability { instance: Some(state.instance.to_string()), ..availability })
 }
 
 /// Prometheus text format.

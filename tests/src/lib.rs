@@ -243,6 +243,8 @@ pub struct MasterOptions {
     pub token: Option<String>,
     /// Extra `master serve` flags.
     pub args: Vec<String>,
+    /// Extra environment of the master process (e.g. libfaketime's `LD_PRELOAD`).
+    pub envs: Vec<(String, String)>,
 }
 
 /// A master, its slaves, and the temp dir holding the ledger.
@@ -405,11 +407,17 @@ pub fn spawn_master(db: &Path, options: &MasterOptions) -> Process {
         args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     }
     args.extend(options.args.iter().cloned());
-    let mut envs = Vec::new();
+    let mut envs: Vec<(&str, &str)> =
+        options.envs.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
     if let Some(token) = &options.token {
         envs.push(("CLUSTER_TOKEN", token.as_str()));
     }
     Process::spawn("master", &bins().master, &args, &envs)
+}
+
+/// Whether this run must not skip a test whose tool or privilege is missing (CI).
+pub fn required() -> bool {
+    std::env::var_os("CI").is_some_and(|value| !value.is_empty() && value != "false")
 }
 
 /// Opens a ledger file read-only (WAL allows it beside a running master).

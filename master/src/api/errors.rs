@@ -27,12 +27,14 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     StaleAttempt,
+    NameInUse,
     PayloadTooLarge,
     FullCapacity,
     NoSlaves,
     QueueFull,
     ShuttingDown,
     Unavailable,
+    LedgerUnavailable,
     Internal,
 }
 
@@ -45,13 +47,14 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict | Self::StaleAttempt => StatusCode::CONFLICT,
+            Self::Conflict | Self::StaleAttempt | Self::NameInUse => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::FullCapacity
             | Self::NoSlaves
             | Self::QueueFull
             | Self::ShuttingDown
-            | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Unavailable
+            | Self::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,12 +70,14 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::StaleAttempt => "stale_attempt",
+            Self::NameInUse => "name_in_use",
             Self::PayloadTooLarge => "payload_too_large",
             Self::FullCapacity => "full_capacity",
             Self::NoSlaves => "no_slaves",
             Self::QueueFull => "queue_full",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable => "unavailable",
+            Self::LedgerUnavailable => "ledger_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -123,18 +128,24 @@ impl IntoResponse for ApiError {
 
 impl From<LedgerError> for ApiError {
     fn from(error: LedgerError) -> Self {
-        Self::internal(error)
+        match error {
+            LedgerError::Unavailable(_) | LedgerError::Closed => {
+                tracing::warn!(%error, "write refused: ledger unavailable");
+                Self::new(ErrorCode::LedgerUnavailable, error.to_string())
+            }
+            other => Self::internal(other),
+        }
     }
 }
 
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
-        let code = match &error {
+        let code = match error {
+            SubmitError::Ledger(error) => return error.into(),
             SubmitError::FullCapacity => ErrorCode::FullCapacity,
-            SubmitError::NoSlaves => ErrorCode::NoSlaves,
+            SubmitError::NoSlaves | SubmitError::Unreachable(_) => ErrorCode::NoSlaves,
             SubmitError::QueueFull(_) => ErrorCode::QueueFull,
             SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
-            SubmitError::Ledger(_) => return Self::internal(error),
         };
         Self::new(code, error.to_string())
     }
@@ -143,7 +154,8 @@ impl From<SubmitError> for ApiError {
 impl From<RegisterError> for ApiError {
     fn from(error: RegisterError) -> Self {
         match error {
-            RegisterError::Ledger(error) => Self::internal(error),
+            RegisterError::Ledger(error) => error.into(),
+            RegisterError::NameInUse(_) => Self::new(ErrorCode::NameInUse, error.to_string()),
             other => Self::invalid(other.to_string()),
         }
     }
@@ -177,9 +189,13 @@ mod tests {
 
     #[test]
     fn every_503_carries_retry_after() {
-        for code in
-            [ErrorCode::FullCapacity, ErrorCode::NoSlaves, ErrorCode::QueueFull, ErrorCode::ShuttingDown]
-        {
+        for code in [
+            ErrorCode::FullCapacity,
+            ErrorCode::NoSlaves,
+            ErrorCode::QueueFull,
+            ErrorCode::ShuttingDown,
+            ErrorCode::LedgerUnavailable,
+        ] {
             let response = ApiError::new(code, "x").into_response();
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(response.headers()[header::RETRY_AFTER], "1");

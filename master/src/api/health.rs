@@ -18,7 +18,8 @@ pub struct Health {
     pub status: &'static str,
 }
 
-/// 200 when a write to the ledger commits (SPEC §4), 503 otherwise.
+/// 200 when a write to the ledger really commits now and the ledger file is still the
+/// one opened (SPEC §4), 503 `ledger_unavailable` with the reason otherwise.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -26,15 +27,15 @@ pub struct Health {
     tag = "operations",
     responses(
         (status = 200, description = "The ledger is writable", body = Health),
-        (status = 503, description = "`unavailable`: the ledger is not writable", body = ApiError,
+        (status = 503, description = "`ledger_unavailable`: the ledger is not writable (disk full or \
+            read-only, file deleted or replaced); the message says why", body = ApiError,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     ),
 )]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    if state.cluster.ledger().is_writable().await {
-        Ok(Json(Health { status: "ok" }))
-    } else {
-        Err(ApiError::new(ErrorCode::Unavailable, "the ledger is not writable"))
+    match state.cluster.ledger().probe_writable().await {
+        Ok(()) => Ok(Json(Health { status: "ok" })),
+        Err(error) => Err(ApiError::new(ErrorCode::LedgerUnavailable, error.to_string())),
     }
 }
 

@@ -6,7 +6,10 @@ use slave::protocol::{Heartbeat, Registered, Registration};
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorCode, Json, Path};
-use crate::{model::SlaveId, slaves::SlaveView};
+use crate::{
+    model::SlaveId,
+    slaves::{SlaveView, Touch},
+};
 
 /// Most task ids a heartbeat may list.
 const MAX_HEARTBEAT_IDS: usize = 100_000;
@@ -21,9 +24,11 @@ const MAX_HEARTBEAT_IDS: usize = 100_000;
     security(("cluster_token" = [])),
     responses(
         (status = 201, description = "Registered: the slave's id and its place in the order", body = Registered),
-        (status = 400, description = "`invalid_request`: a bad body, name, url or capacity", body = ApiError),
+        (status = 400, description = "`invalid_request`: a bad body, name, url (also: one that does not answer \
+            `GET /availability` as a slave, such as a master's) or capacity", body = ApiError),
         (status = 401, description = "`unauthorized`: the master has a token and the request does not carry it",
             body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 409, description = "`name_in_use`: the name's slave is up in another live process", body = ApiError),
         (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
         (status = 500, description = "`internal`: the master log has details", body = ApiError),
     ),
@@ -77,6 +82,8 @@ pub struct HeartbeatAck {
         (status = 401, description = "`unauthorized`: the master has a token and the request does not carry it",
             body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "`not_found`: the slave is not registered; register again", body = ApiError),
+        (status = 409, description = "`name_in_use`: another process registered under this slave's name \
+            since; this one is superseded", body = ApiError),
         (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
         (status = 500, description = "`internal`: the master log has details", body = ApiError),
     ),
@@ -89,10 +96,13 @@ pub async fn heartbeat(
     if heartbeat.running.len() > MAX_HEARTBEAT_IDS {
         return Err(ApiError::invalid(format!("a heartbeat lists at most {MAX_HEARTBEAT_IDS} tasks")));
     }
-    if state.cluster.heartbeat(SlaveId(id), &heartbeat).await? {
-        Ok(Json(HeartbeatAck { ok: true }))
-    } else {
-        Err(slave_not_found(id))
+    match state.cluster.heartbeat(SlaveId(id), &heartbeat).await? {
+        Touch::Taken(..) => Ok(Json(HeartbeatAck { ok: true })),
+        Touch::Unknown => Err(slave_not_found(id)),
+        Touch::Superseded => Err(ApiError::new(
+            ErrorCode::NameInUse,
+            format!("slave {id} was registered again by another process; this one was superseded"),
+        )),
     }
 }
 

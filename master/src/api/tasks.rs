@@ -43,6 +43,11 @@ pub struct SubmitBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 600000)]
     delay_ms: i64,
+    /// Only a master's offer to a slave carries `task_id`: sent here, a master was taken
+    /// for a slave (SPEC §8). Refused, so a loop of offers can never store anything.
+    #[serde(default, rename = "task_id")]
+    #[schema(ignore)]
+    offered_task: Option<serde::de::IgnoredAny>,
 }
 
 /// `variables` of a submission, with the name rules of `NewTask::parse` (SPEC §3, §8);
@@ -155,6 +160,11 @@ pub async fn submit(
     State(state): State<AppState>,
     Json(body): Json<SubmitBody>,
 ) -> Result<Response, ApiError> {
+    if body.offered_task.is_some() {
+        return Err(ApiError::invalid(
+            "this is a master: it takes submissions, not a slave's task offers (`task_id` is not a submission field)",
+        ));
+    }
     let task = NewTask::parse(&body.expression, body.variables, body.delay_ms).map_err(|invalid| {
         let code = if invalid.is_about_expression() {
             ErrorCode::InvalidExpression
@@ -371,7 +381,8 @@ pub enum NotRecorded {
             body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "`forbidden`: the attempt is held by another slave", body = ApiError),
         (status = 404, description = "`not_found`: no such task", body = ApiError),
-        (status = 409, description = "`stale_attempt`: not the task's current attempt", body = ApiError),
+        (status = 409, description = "`stale_attempt`: not the task's current attempt; `conflict`: this \
+            attempt already has a different outcome recorded", body = ApiError),
         (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
         (status = 500, description = "`internal`: the master log has details", body = ApiError),
     ),
@@ -397,6 +408,14 @@ pub async fn record_result(
         ResultRecording::StaleAttempt { current } => Err(ApiError::new(
             ErrorCode::StaleAttempt,
             format!("attempt {attempt} of task {id} is stale: the current attempt is {current}"),
+        )),
+        ResultRecording::ConflictingOutcome { recorded } => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "attempt {attempt} of task {id} already has a different outcome recorded (the task is {}); \
+                 a result is recorded once",
+                recorded.as_str()
+            ),
         )),
         ResultRecording::OtherSlave => Err(ApiError::new(
             ErrorCode::Forbidden,

@@ -23,9 +23,12 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod file;
 mod slaves;
 mod tasks;
 mod writer;
+
+pub use file::Fault;
 
 use crate::model::{SlaveId, SlaveState, TaskId, TaskStatus, Timestamp};
 
@@ -49,8 +52,10 @@ pub enum LedgerError {
     Open { path: String, detail: String },
     #[error("{path} failed its integrity check ({detail}); restore it from a backup or move it away")]
     Corrupt { path: String, detail: String },
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
+    /// The ledger cannot take writes now (disk full or read-only, file deleted or
+    /// replaced, commit failed): 503 `ledger_unavailable`, nothing half-done kept.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
     #[error("the ledger did not take the write (writer stopped or transaction failed to begin)")]
     Closed,
     #[error("stored variables of task {0} are not valid JSON: {1}")]
@@ -67,6 +72,8 @@ pub struct Ledger {
     jobs: mpsc::Sender<Job>,
     /// Cancelled by [`Ledger::close`]: the writer finishes what is queued and exits.
     closing: CancellationToken,
+    /// Why writes fail now, as the writer last found (`None`: they commit).
+    fault: Fault,
     writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -106,6 +113,8 @@ pub struct SlaveRow {
     pub state: SlaveState,
     pub registered_at: Timestamp,
     pub last_seen_at: Timestamp,
+    /// The process run that registered it last (`None`: it sent no instance).
+    pub instance: Option<String>,
 }
 
 /// A task a slave holds, as the ledger knows it.
@@ -114,7 +123,8 @@ pub struct HeldTask {
     pub id: TaskId,
     pub slave_id: SlaveId,
     pub attempts: i64,
-    pub assigned_at: Timestamp,
+    /// Its simulated work, which lengthens its deadline.
+    pub delay_ms: i64,
 }
 
 /// Tasks by status, as in `GET /tasks` `counts`.
@@ -146,6 +156,8 @@ pub enum ResultRecording {
     Cancelled,
     /// The report is for an attempt that is not the current one.
     StaleAttempt { current: i64 },
+    /// This slave's attempt already has another outcome recorded (`recorded` status).
+    ConflictingOutcome { recorded: TaskStatus },
     /// The current attempt belongs to another slave.
     OtherSlave,
     /// No such task.
@@ -231,11 +243,21 @@ impl Ledger {
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
+        let identity = file::Identity::of(path)
+            .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let closing = CancellationToken::new();
-        let writer =
-            tokio::spawn(writer::write_loop(writer, queue, batches, max_batch.max(1), closing.clone()));
-        Ok(Self { reads, jobs, closing, writer: Arc::new(tokio::sync::Mutex::new(Some(writer))) })
+        let fault = Fault::default();
+        let writer = tokio::spawn(writer::write_loop(writer::Writer {
+            conn: writer,
+            jobs: queue,
+            stats: batches,
+            max_batch: max_batch.max(1),
+            closing: closing.clone(),
+            identity,
+            fault: fault.clone(),
+        }));
+        Ok(Self { reads, jobs, closing, fault, writer: Arc::new(tokio::sync::Mutex::new(Some(writer))) })
     }
 
     /// Commits every queued write, then closes all connections, so SQLite checkpoints
@@ -264,30 +286,44 @@ impl Ledger {
                 let deliver: Deliver = Box::new(move |committed| {
                     // The caller may have gone (client hung up); the write stands regardless.
                     // The write's own error first; otherwise whether its batch committed.
+                    let outcome = outcome.map_err(file::storage_fault_to_unavailable);
                     let _ = reply.send(
-                        outcome
-                            .and_then(|value| committed.map(|()| value).map_err(LedgerError::CommitFailed)),
+                        outcome.and_then(|value| committed.map(|()| value).map_err(LedgerError::Unavailable)),
                     );
                 });
                 (succeeded, deliver)
             })
         });
-        self.jobs.send(job).await.map_err(|_| LedgerError::Closed)?;
-        answer.await.map_err(|_| LedgerError::Closed)?
+        // A writer that dropped the job (the file was deleted, a batch could not begin)
+        // left the reason in `fault`.
+        let dropped = || match self.fault.get() {
+            Some(reason) => LedgerError::Unavailable(reason),
+            None => LedgerError::Closed,
+        };
+        self.jobs.send(job).await.map_err(|_| dropped())?;
+        answer.await.map_err(|_| dropped())?
     }
 
-    /// Whether a write commits: `GET /healthz`.
-    pub async fn is_writable(&self) -> bool {
-        self.write(|conn| {
+    /// `GET /healthz`: a write that really reaches the disk (a counter that changes on
+    /// every probe, committed with fsync) through the same writer as every other write,
+    /// which also checks that the path still names the file it opened. `Err` says why not.
+    pub async fn probe_writable(&self) -> Result<(), LedgerError> {
+        let now = Timestamp::now();
+        self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query!("UPDATE task_counts SET n = n WHERE status = 'pending'")
-                    .execute(&mut *conn)
-                    .await?;
+                let changed = sqlx::query!(
+                    "UPDATE ledger_health SET probes = probes + 1, probed_at = ?1 WHERE id = 1",
+                    now
+                )
+                .execute(&mut *conn)
+                .await?;
+                if changed.rows_affected() != 1 {
+                    return Err(LedgerError::Unavailable("the ledger_health row is missing".to_owned()));
+                }
                 Ok(())
             })
         })
         .await
-        .is_ok()
     }
 }
 

@@ -15,19 +15,21 @@ impl Ledger {
                 let capacity = i64::from(registration.capacity);
                 Ok(sqlx::query_as!(
                     SlaveRow,
-                    r#"INSERT INTO slaves (name, url, capacity, position, state, registered_at, last_seen_at)
-                       VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM slaves), 'up', ?4, ?4)
+                    r#"INSERT INTO slaves (name, url, capacity, position, state, registered_at, last_seen_at,
+                                          instance)
+                       VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM slaves), 'up', ?4, ?4, ?5)
                        ON CONFLICT (name) DO UPDATE
-                          SET url = excluded.url, capacity = excluded.capacity,
+                          SET url = excluded.url, capacity = excluded.capacity, instance = excluded.instance,
                               state = 'up', last_seen_at = excluded.last_seen_at
                        RETURNING id AS "id!: SlaveId", name, url, capacity, position,
                                  state AS "state: SlaveState",
                                  registered_at AS "registered_at: Timestamp",
-                                 last_seen_at AS "last_seen_at: Timestamp""#,
+                                 last_seen_at AS "last_seen_at: Timestamp", instance"#,
                     registration.name,
                     registration.url,
                     capacity,
                     now,
+                    registration.instance,
                 )
                 .fetch_one(&mut *conn)
                 .await?)
@@ -43,7 +45,7 @@ impl Ledger {
             r#"SELECT id AS "id!: SlaveId", name, url, capacity, position,
                       state AS "state: SlaveState",
                       registered_at AS "registered_at: Timestamp",
-                      last_seen_at AS "last_seen_at: Timestamp"
+                      last_seen_at AS "last_seen_at: Timestamp", instance
                  FROM slaves ORDER BY position"#
         )
         .fetch_all(&self.reads)
@@ -92,23 +94,6 @@ impl Ledger {
                     .fetch_one(&mut *conn)
                     .await?;
                 Ok(if known == 0 { SlaveDeletion::NotFound } else { SlaveDeletion::StillHoldsTasks })
-            })
-        })
-        .await
-    }
-
-    /// Gives every in-progress task at least until `at` (master start): time the master
-    /// was down must not count against a task whose slave kept working (SPEC §7).
-    pub async fn extend_deadlines(&self, at: Timestamp) -> Result<(), LedgerError> {
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query!(
-                    "UPDATE tasks SET deadline_at = ?1 WHERE status = 'in_progress' AND deadline_at < ?1",
-                    at
-                )
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
             })
         })
         .await

@@ -379,8 +379,7 @@ impl Ledger {
     pub async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError> {
         Ok(sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts,
-                      assigned_at AS "assigned_at!: Timestamp"
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
                  FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL ORDER BY id"#
         )
         .fetch_all(&self.reads)
@@ -391,24 +390,9 @@ impl Ledger {
     pub async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
         Ok(sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts,
-                      assigned_at AS "assigned_at!: Timestamp"
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
                  FROM tasks WHERE status = 'in_progress' AND slave_id = ?1 ORDER BY id"#,
             slave
-        )
-        .fetch_all(&self.reads)
-        .await?)
-    }
-
-    /// In-progress tasks whose deadline has passed.
-    pub async fn overdue(&self, now: &Timestamp) -> Result<Vec<HeldTask>, LedgerError> {
-        Ok(sqlx::query_as!(
-            HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts,
-                      assigned_at AS "assigned_at!: Timestamp"
-                 FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL AND deadline_at < ?1
-                ORDER BY id"#,
-            now
         )
         .fetch_all(&self.reads)
         .await?)
@@ -437,6 +421,8 @@ fn classify_unrecorded(
         current.status == status && current.result == value && current.error.as_deref() == error;
     if same_outcome {
         ResultRecording::Duplicate
+    } else if current.status.is_final() {
+        ResultRecording::ConflictingOutcome { recorded: current.status }
     } else {
         ResultRecording::StaleAttempt { current: current.attempts }
     }

@@ -4,7 +4,22 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Deliver, Job};
+use super::{
+    Deliver, Job,
+    file::{Fault, Identity},
+};
+
+/// The writer's parts.
+pub(super) struct Writer {
+    pub conn: SqliteConnection,
+    pub jobs: mpsc::Receiver<Job>,
+    pub stats: crate::metrics::BatchStats,
+    pub max_batch: usize,
+    pub closing: CancellationToken,
+    /// The files opened; checked before each batch (one `stat` each, microseconds).
+    pub identity: Identity,
+    pub fault: Fault,
+}
 
 /// The writer: takes every queued write (up to `max_batch`), runs them in one
 /// transaction, commits once, then answers each caller. If any write of a batch fails,
@@ -12,13 +27,13 @@ use super::{Deliver, Job};
 /// write committed that did not, and no half-done write is kept. (Per-write savepoints
 /// would isolate failures, at two more round trips to SQLite's worker thread per write;
 /// writes fail only when the disk or the database does, so that price bought nothing.)
-pub(super) async fn write_loop(
-    mut conn: SqliteConnection,
-    mut jobs: mpsc::Receiver<Job>,
-    stats: crate::metrics::BatchStats,
-    max_batch: usize,
-    closing: CancellationToken,
-) {
+///
+/// Before each batch it checks that the ledger's path still names the file it opened:
+/// if not (deleted, replaced), the batch is dropped unrun and its callers hear
+/// `Unavailable` with the reason, since writing on would acknowledge what the next start
+/// can never read.
+pub(super) async fn write_loop(writer: Writer) {
+    let Writer { mut conn, mut jobs, stats, max_batch, closing, identity, fault } = writer;
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing_seen = false;
     loop {
@@ -34,19 +49,28 @@ pub(super) async fn write_loop(
         if received == 0 {
             break;
         }
+        if let Err(reason) = identity.check() {
+            fault.set(Some(reason));
+            batch.clear(); // each caller's answer channel drops: it reads `fault`
+            continue;
+        }
         let started = std::time::Instant::now();
         let size = batch.len();
-        let (deliveries, failed) = run_batch(&mut conn, &mut batch).await;
+        let (deliveries, failed) = run_batch(&mut conn, &mut batch, &fault).await;
         let committed = if failed {
             let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
             Err("another write of the same batch failed; the batch was rolled back".to_owned())
         } else {
             match sqlx::query("COMMIT").execute(&mut conn).await {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    fault.set(None);
+                    Ok(())
+                }
                 Err(error) => {
                     tracing::error!(%error, "ledger commit failed; the batch is lost and its callers told");
                     let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                    Err(error.to_string())
+                    fault.set(Some(format!("commit failed: {error}")));
+                    Err(format!("commit failed: {error}"))
                 }
             }
         };
@@ -62,10 +86,11 @@ pub(super) async fn write_loop(
 
 /// Runs a batch inside `BEGIN IMMEDIATE`; true in the second place if a write failed
 /// (the rest of the batch is then dropped, which answers those callers `Closed`).
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> (Vec<Deliver>, bool) {
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>, fault: &Fault) -> (Vec<Deliver>, bool) {
     let mut deliveries = Vec::with_capacity(batch.len());
     if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         tracing::error!(%error, "cannot begin a ledger transaction");
+        fault.set(Some(format!("cannot begin a transaction: {error}")));
         // Running the jobs now would autocommit them one by one behind their callers'
         // backs; dropping them answers each caller `LedgerError::Closed` instead.
         batch.clear();

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod core;
+mod hardening;
 mod load;
 mod metrics;
 mod openapi;

@@ -91,7 +91,7 @@ async fn result_reports_are_recorded_exactly_once() {
     let stale = json!({"slave_id": 1, "attempt": 2, "outcome": {"value": 9.0}});
     assert_eq!(cluster.http.post(&url, &stale).await.status_and_code(), (409, "stale_attempt"));
     let changed = json!({"slave_id": 1, "attempt": 1, "outcome": {"value": 10.0}});
-    assert_eq!(cluster.http.post(&url, &changed).await.status_and_code(), (409, "stale_attempt"));
+    assert_eq!(cluster.http.post(&url, &changed).await.status_and_code(), (409, "conflict"));
     let unknown = cluster.url("/tasks/999/result");
     assert_eq!(cluster.http.post(&unknown, &duplicate).await.status_and_code(), (404, "not_found"));
 

@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// write alone, for comparing in benchmarks.
     #[arg(long, env = "MASTER_LEDGER_MAX_BATCH", default_value_t = crate::ledger::DEFAULT_MAX_BATCH as u16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub ledger_max_batch: u16,
+    /// Threads of the async runtime [default: one per core].
+    #[arg(long, env = "MASTER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: Option<u16>,
     /// Capacity of each local slave.
     #[arg(long, env = "MASTER_LOCAL_SLAVE_CAPACITY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub local_slave_capacity: u32,
@@ -204,6 +207,9 @@ pub enum Workload {
     Sleepy,
     /// A ledger of many finished tasks: read latency, start-up time, file size.
     Ledger,
+    /// Open loop: `--clients` keep-alive clients submit as fast as they can for
+    /// `--duration` in queue mode; the master's RSS during the flood and after it drains.
+    Flood,
 }
 
 /// `master bench` flags. Defaults that depend on the workload are `None` here.
@@ -241,6 +247,15 @@ pub struct BenchArgs {
     /// Give up (exit non-zero) past this total time [default: ledger 2h, otherwise 10m].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<Duration>,
+    /// Keep-alive clients of the flood workload, each submitting back to back.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// How long the flood workload submits (then it waits for the queue to drain).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// `--worker-threads` of the local master [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: Option<u16>,
     /// Print one JSON object instead of a table (and no progress bar).
     #[arg(long)]
     pub json: bool,

@@ -22,6 +22,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dispatch;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod slaves;
@@ -124,6 +125,7 @@ impl Master {
         let loops = TaskTracker::new();
         loops.spawn(cluster.clone().dispatcher(stop.child_token()));
         loops.spawn(cluster.clone().reaper(stop.child_token()));
+        loops.spawn(memory::trim_periodically(stop.child_token()));
         let slaves_stop = CancellationToken::new();
         let slaves = TaskTracker::new();
         for (config, listener) in local_slaves {

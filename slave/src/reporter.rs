@@ -24,6 +24,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Total timeout of every call to the master (SPEC §8).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle keep-alive connections kept per peer: enough for steady traffic, few enough
+/// that a burst's connections do not stay open (and resident) after it.
+const IDLE_CONNECTIONS_PER_PEER: usize = 32;
+/// An idle connection older than this is closed.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Handle for talking to the master; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +55,10 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         // Cluster traffic goes straight to its peer, whatever HTTP_PROXY says.
         .no_proxy()
+        // A burst of offers opens one connection each; keeping them all idle afterwards
+        // (reqwest keeps any number by default) holds their buffers for nothing.
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
+        .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
         .tcp_nodelay(true)
         .build()
 }

@@ -32,6 +32,8 @@ pub struct LocalSpec {
     pub slave_processes: bool,
     /// The ledger file; `None` for one in a temporary directory.
     pub db: Option<PathBuf>,
+    /// `--worker-threads` of the master; `None` for its default.
+    pub worker_threads: Option<u16>,
 }
 
 /// A running child that printed `listening on http://ADDR`.
@@ -91,7 +93,14 @@ impl Process {
     pub fn peak_rss_mb(&self) -> Option<f64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        peak_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+        status_kib(&status, "VmHWM:").map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// Resident set size now (`VmRSS`), in MiB; `None` once it has exited.
+    pub fn rss_mb(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status_kib(&status, "VmRSS:").map(|kib| kib as f64 / 1024.0)
     }
 
     /// CPU seconds (user + system) used so far; `None` once it has exited.
@@ -116,9 +125,9 @@ impl Process {
     }
 }
 
-/// `VmHWM` of a `/proc/<pid>/status` text, in KiB.
-fn peak_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+/// The `field` (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status` text, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -194,6 +203,11 @@ impl Cluster {
         self.local.as_ref()?.master.as_ref()?.peak_rss_mb()
     }
 
+    /// RSS of the master process now, in MiB (local clusters only).
+    pub fn master_rss_mb(&self) -> Option<f64> {
+        self.local.as_ref()?.master.as_ref()?.rss_mb()
+    }
+
     /// The larger peak RSS of the two slave processes, in MiB (`--slave-processes` only).
     pub fn slave_peak_rss_mb(&self) -> Option<f64> {
         self.local.as_ref()?.slaves.iter().filter_map(Process::peak_rss_mb).reduce(f64::max)
@@ -260,7 +274,7 @@ async fn spawn_master(spec: &LocalSpec, db: &Path, dir: &Path, name: &str) -> Re
     let exe = std::env::current_exe()
         .map_err(|error| BenchError::Start(format!("cannot find the master binary: {error}")))?;
     let local_slaves = if spec.slave_processes { 0 } else { 2 };
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "serve".into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
@@ -273,6 +287,9 @@ async fn spawn_master(spec: &LocalSpec, db: &Path, dir: &Path, name: &str) -> Re
         "--when-full".into(),
         when_full_flag(spec.when_full).into(),
     ];
+    if let Some(threads) = spec.worker_threads {
+        args.extend(["--worker-threads".into(), threads.to_string()]);
+    }
     Process::spawn(name, &exe, &args, &dir.join(format!("{name}.log"))).await
 }
 
@@ -346,8 +363,8 @@ mod tests {
     #[test]
     fn peak_rss_is_read_from_vmhwm() {
         let status = "Name:\tmaster\nVmPeak:\t  900 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
-        assert_eq!(peak_rss_kib(status), Some(20480));
-        assert_eq!(peak_rss_kib("Name:\tzombie\n"), None);
+        assert_eq!(status_kib(status, "VmHWM:"), Some(20480));
+        assert_eq!(status_kib("Name:\tzombie\n", "VmHWM:"), None);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   completion read back from the ledger (`throughput` workload, ledger build).
 //! - `rounds`     — one-at-a-time round trips (`latency`) and the `sleepy` makespan.
 //! - `ledger_scale` — a ledger of many finished tasks: reads, start-up, file size.
+//! - `flood`      — the open loop: many keep-alive clients at full speed, and the
+//!   master's memory during and after it.
 //! - `probe`      — CPU of each process and the ledger writer's figures during a phase.
 //! - `stats`      — percentiles, the expression generator, a seeded random source.
 //! - `report`     — the summary table or the one JSON object.
@@ -18,6 +20,7 @@
 
 mod api;
 mod cluster;
+mod flood;
 mod ledger_scale;
 mod probe;
 mod report;
@@ -114,6 +117,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::Latency => 1_000,
             Workload::Sleepy => 20,
             Workload::Ledger => 1_000_000,
+            // The flood is bounded by --duration; this bounds it by count too.
+            Workload::Flood => 10_000_000,
         }),
         concurrency: args.concurrency as usize,
         samples: args.samples,
@@ -131,6 +136,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
                 when_full: args.when_full.unwrap_or(WhenFull::Queue),
                 slave_processes: args.slave_processes,
                 db: args.db.clone(),
+                worker_threads: args.worker_threads,
             };
             Cluster::start(spec, REQUEST_TIMEOUT).await?
         }
@@ -140,6 +146,10 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         Workload::Latency => rounds::latency(cluster, &run).await,
         Workload::Sleepy => rounds::sleepy(cluster, &run).await,
         Workload::Ledger => ledger_scale::workload(cluster, &run).await,
+        Workload::Flood => {
+            let flood = flood::Flood { clients: args.clients as usize, duration: args.duration };
+            flood::workload(cluster, &run, flood).await
+        }
     };
     run.progress.finish_and_clear();
     let stopped = cluster.stop().await;

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use slave::logging::LogFormat;
+use common::logging::LogFormat;
 
 use crate::config::{self, ServeConfig, WhenFull};
 
@@ -104,7 +104,7 @@ impl ServeArgs {
         let config = ServeConfig {
             listen: self.listen,
             db: self.db,
-            token: slave::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
+            token: common::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
             when_full: self.when_full,
             queue_limit: self.queue_limit,
             offer_timeout: self.offer_timeout,

@@ -26,7 +26,7 @@ pub enum ClientError {
 struct Client {
     http: reqwest::Client,
     base: String,
-    token: slave::auth::Token,
+    token: common::auth::Token,
     json: bool,
 }
 
@@ -40,7 +40,7 @@ impl Client {
         Ok(Self {
             http,
             base: args.master.trim_end_matches('/').to_owned(),
-            token: slave::auth::Token::from_flag_or_file(args.token.clone(), args.token_file.as_deref())
+            token: common::auth::Token::from_flag_or_file(args.token.clone(), args.token_file.as_deref())
                 .map_err(ClientError::Config)?,
             json: args.json,
         })

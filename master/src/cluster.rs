@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use slave::protocol::{Heartbeat, Registration, ResultReport};
+use common::protocol::{Heartbeat, Registration, ResultReport};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -295,7 +295,7 @@ impl Cluster {
         if response.status() != reqwest::StatusCode::OK {
             return Err(format!("GET /availability answered {}", response.status()));
         }
-        let availability: slave::protocol::Availability = response
+        let availability: common::protocol::Availability = response
             .json()
             .await
             .map_err(|error| format!("GET /availability answered no slave's body: {error}"))?;

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use slave::auth::Token;
+use common::auth::Token;
 
 /// Default address of the API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -6,8 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use common::protocol::{Offer, Variables};
 use reqwest::StatusCode;
-use slave::protocol::{Offer, Variables};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

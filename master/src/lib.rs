@@ -30,7 +30,8 @@ pub mod timers;
 
 use std::{io, net::SocketAddr, sync::Arc};
 
-use slave::{SlaveConfig, protocol::Registration};
+use common::protocol::Registration;
+use slave::SlaveConfig;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -139,7 +140,7 @@ impl Master {
         }
         let serving = CancellationToken::new();
         let app = api::router(api::AppState { cluster: cluster.clone() });
-        let server = tokio::spawn(slave::serve::serve(listener, app, serving.clone()));
+        let server = tokio::spawn(common::serve::serve(listener, app, serving.clone()));
 
         stop.cancelled().await;
         tracing::info!("shutting down: no new submissions");

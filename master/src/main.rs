@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    slave::logging::init(cli.log_format);
+    common::logging::init(cli.log_format);
     master::memory::limit_allocator_arenas();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(args) = &cli.command
@@ -51,7 +51,7 @@ async fn serve(args: master::cli::ServeArgs) -> anyhow::Result<()> {
     }
     println!("dashboard: http://{addr}/   tasks: http://{addr}/tasks   ledger: {db}");
     let stop = CancellationToken::new();
-    tokio::spawn(slave::serve::cancel_on_signal(stop.clone()));
+    tokio::spawn(common::serve::cancel_on_signal(stop.clone()));
     tell_systemd_when_healthy(master.ledger(), stop.clone());
     master.run_until_stopped(stop).await?;
     Ok(())

@@ -4,8 +4,8 @@
 use std::{fmt, time::Duration};
 
 use chrono::{SecondsFormat, Utc};
+use common::{eval, protocol::Variables};
 use serde::{Deserialize, Serialize};
-use slave::{eval, protocol::Variables};
 
 /// A task's id: integers from 1, increasing, never reused.
 #[derive(

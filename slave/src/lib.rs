@@ -1,22 +1,15 @@
 //! The slave: takes offers from the master, evaluates them, reports the results.
 //!
-//! - `protocol` — wire types shared with the master; the only definition of the wire.
-//! - `eval`     — meval behind `catch_unwind`: a finite value or an error in words.
 //! - `slots`    — the tasks this slave holds and the capacity they occupy.
 //! - `metrics`  — Prometheus metrics at `GET /metrics`.
 //! - `server`   — HTTP: `POST /tasks` (offer), `GET /availability`, `DELETE /tasks/{id}`.
 //! - `reporter` — calls to the master: register, heartbeat, result with backoff.
-//! - `serve`    — HTTP/1.1 serving with a header read timeout (used by the master too).
-//! - `logging`  — the tracing subscriber, text or JSON (used by the master too).
-//! - `auth`     — the cluster token, compared in constant time (used by the master too).
+//!
+//! The wire types, evaluation, auth, serving and logging it shares with the master
+//! live in the `common` crate.
 
-pub mod auth;
-pub mod eval;
-pub mod logging;
 pub mod metrics;
-pub mod protocol;
 pub mod reporter;
-pub mod serve;
 pub mod server;
 pub mod slots;
 
@@ -25,7 +18,9 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth::Token, metrics::SlaveMetrics, reporter::Reporter, slots::Slots};
+use common::{auth::Token, protocol, serve};
+
+use crate::{metrics::SlaveMetrics, reporter::Reporter, slots::Slots};
 
 /// Default time between heartbeats (SPEC §7).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);

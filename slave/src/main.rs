@@ -4,7 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use slave::{SlaveConfig, auth::Token, logging::LogFormat};
+use common::{auth::Token, logging::LogFormat};
+use slave::SlaveConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +55,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    slave::logging::init(cli.log_format);
+    common::logging::init(cli.log_format);
     let token = Token::from_flag_or_file(cli.token, cli.token_file.as_deref()).map_err(anyhow::Error::msg)?;
     if !cli.listen.ip().is_loopback() && !token.is_set() && !cli.insecure {
         anyhow::bail!(
@@ -81,6 +82,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(%error, "could not tell systemd the slave is ready");
     }
     let stop = CancellationToken::new();
-    tokio::spawn(slave::serve::cancel_on_signal(stop.clone()));
+    tokio::spawn(common::serve::cancel_on_signal(stop.clone()));
     slave::run(listener, config, stop).await
 }

@@ -8,13 +8,12 @@ use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    SlaveConfig,
+use common::{
     auth::Token,
-    metrics::SlaveMetrics,
     protocol::{Heartbeat, Outcome, Registered, Registration, ResultReport},
-    slots::Slots,
 };
+
+use crate::{SlaveConfig, metrics::SlaveMetrics, slots::Slots};
 
 /// First wait after a failed call to the master; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);

@@ -10,14 +10,13 @@ use axum::{
     routing::{delete, get, post},
 };
 
-use crate::{
-    SlaveState,
+use common::{
     auth::require_token,
     eval,
-    metrics::Outcome as MetricOutcome,
     protocol::{Availability, ErrorBody, Offer, Outcome},
-    slots::Reservation,
 };
+
+use crate::{SlaveState, metrics::Outcome as MetricOutcome, slots::Reservation};
 
 /// Request bodies above this are refused with 413 (SPEC §8).
 pub const BODY_LIMIT: usize = 64 * 1024;

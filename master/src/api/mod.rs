@@ -17,9 +17,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use common::auth::require_token;
 pub use errors::{ApiError, ErrorCode};
 use serde::de::DeserializeOwned;
-use slave::auth::require_token;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{cluster::Cluster, metrics::Route};

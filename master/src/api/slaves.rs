@@ -1,8 +1,8 @@
 //! `/slaves`: registration, heartbeats, listing, deregistration (SPEC §4).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use common::protocol::{Heartbeat, Registered, Registration};
 use serde::Serialize;
-use slave::protocol::{Heartbeat, Registered, Registration};
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorCode, Json, Path};

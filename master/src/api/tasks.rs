@@ -7,8 +7,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use common::protocol::{ResultReport, Variables};
 use serde::{Deserialize, Serialize};
-use slave::protocol::{ResultReport, Variables};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState, ErrorCode, Json, Path, Query};

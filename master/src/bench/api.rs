@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use common::protocol::Variables;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use slave::protocol::Variables;
 
 use super::BenchError;
 

@@ -76,7 +76,7 @@ async fn submit_until_accepted(
     api: &Api,
     run: &Run,
     expression: &str,
-    variables: &slave::protocol::Variables,
+    variables: &common::protocol::Variables,
     delay_ms: u64,
 ) -> Result<i64, BenchError> {
     loop {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use common::protocol::Variables;
 use serde::Serialize;
-use slave::protocol::Variables;
 
 /// Latency percentiles in milliseconds, nearest-rank (no interpolation): p99 of 1 000
 /// samples is the 990th smallest, a value that was really observed.

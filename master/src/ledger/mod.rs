@@ -14,8 +14,8 @@
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
+use common::protocol::Variables;
 use futures_util::future::BoxFuture;
-use slave::protocol::Variables;
 use sqlx::{
     Connection, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},

@@ -1,6 +1,6 @@
 //! Statements about slaves: registration, state, deletion.
 
-use slave::protocol::Registration;
+use common::protocol::Registration;
 
 use super::{Ledger, LedgerError, SlaveDeletion, SlaveRow};
 use crate::model::{SlaveId, SlaveState, Timestamp};

@@ -1,6 +1,6 @@
 //! Statements about tasks: submission, assignment, results, requeues, cancels, reads.
 
-use slave::protocol::Outcome;
+use common::protocol::Outcome;
 use sqlx::SqliteConnection;
 
 use super::{

@@ -48,9 +48,10 @@ pub struct ServeArgs {
     /// Address the API listens on (port 0 picks a free port).
     #[arg(long, env = "MASTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Path of the SQLite ledger file (created if missing).
+    /// The ledger: a SQLite file path (created if missing), or a `postgres://` /
+    /// `postgresql://` URL of a PostgreSQL 15+ database (SPEC §11).
     #[arg(long, env = "MASTER_DB", default_value = config::DEFAULT_DB)]
-    pub db: PathBuf,
+    pub db: String,
     /// Shared cluster secret, required as `Authorization: Bearer` on slave and admin calls.
     /// Prefer the environment or --token-file: a flag's value shows in `ps`.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
@@ -103,7 +104,7 @@ impl ServeArgs {
         let insecure = self.insecure;
         let config = ServeConfig {
             listen: self.listen,
-            db: self.db,
+            db: crate::ledger::Location::parse(&self.db),
             token: common::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
             when_full: self.when_full,
             queue_limit: self.queue_limit,

@@ -1,8 +1,10 @@
 //! Validated configuration of `master serve` (SPEC §7, §8, §9).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::auth::Token;
+
+use crate::ledger::Location;
 
 /// Default address of the API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -34,7 +36,7 @@ pub enum WhenFull {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
-    pub db: PathBuf,
+    pub db: Location,
     pub token: Token,
     pub when_full: WhenFull,
     pub queue_limit: i64,
@@ -51,7 +53,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// Defaults for everything but where to listen and store (tests and embedding).
-    pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
+    pub fn new(listen: SocketAddr, db: Location) -> Self {
         Self {
             listen,
             db,
@@ -93,7 +95,7 @@ mod tests {
 
     #[test]
     fn a_public_address_needs_a_token_or_insecure() {
-        let config = ServeConfig::new("0.0.0.0:8080".parse().unwrap(), "m.db".into());
+        let config = ServeConfig::new("0.0.0.0:8080".parse().unwrap(), Location::parse("m.db"));
         assert!(config.check_exposure(false).unwrap_err().contains("--token"));
         assert!(config.check_exposure(true).is_ok());
         let with_token = ServeConfig { token: Token::new(Some("t".into())), ..config };
@@ -102,7 +104,7 @@ mod tests {
 
     #[test]
     fn loopback_needs_nothing() {
-        let config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), "m.db".into());
+        let config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Location::parse("m.db"));
         assert!(config.check_exposure(false).is_ok());
     }
 }

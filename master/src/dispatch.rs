@@ -4,7 +4,10 @@
 //! assignment *before* each offer, so a result can never arrive for an assignment that
 //! is not on disk, and a crash between the two is caught by heartbeat reconciliation.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use common::protocol::{Offer, Variables};
 use reqwest::StatusCode;
@@ -16,7 +19,7 @@ use crate::{
     config::WhenFull,
     ledger::{AssignFrom, LedgerError, TaskRow},
     metrics::Reason,
-    model::{NewTask, SlaveId, TaskId, Timestamp},
+    model::{NewTask, SlaveId, TaskId},
     slaves::Candidate,
 };
 
@@ -99,8 +102,7 @@ impl Cluster {
             };
         };
         let budget = self.config().task_deadline(task.delay_ms);
-        let deadline = Timestamp::in_future(budget);
-        let id = match self.ledger().insert_task(&task, Some((first.id, deadline.clone()))).await {
+        let id = match self.ledger().insert_task(&task, Some((first.id, budget))).await {
             Ok(id) => id,
             Err(error) => {
                 self.slaves().release(first.id);
@@ -116,7 +118,7 @@ impl Cluster {
             variables: task.variables,
             delay_ms: task.delay_ms,
         };
-        let outcome = self.offer_in_order(&offer, first, &deadline).await?;
+        let outcome = self.offer_in_order(&offer, first, budget).await?;
         let submitted = match outcome {
             OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) if queue_mode => {
@@ -174,7 +176,7 @@ impl Cluster {
         &self,
         offer: &Offer,
         first: Candidate,
-        deadline: &Timestamp,
+        deadline: Duration,
     ) -> Result<OfferOutcome, LedgerError> {
         let id = TaskId(offer.task_id);
         let mut tried = Vec::new();
@@ -212,7 +214,7 @@ impl Cluster {
                 });
             };
             let from = AssignFrom::Slave { slave: candidate.id };
-            let assigned = self.ledger().assign(id, from, next.id, offer.attempt, deadline.clone()).await;
+            let assigned = self.ledger().assign(id, from, next.id, offer.attempt, deadline).await;
             if !matches!(assigned, Ok(true)) {
                 self.slaves().release(next.id);
                 return assigned.map(|_| OfferOutcome::Gone);
@@ -315,9 +317,8 @@ impl Cluster {
         let attempt = task.attempts.max(1);
         let delay_ms = u64::try_from(task.delay_ms).unwrap_or(0);
         let budget = self.config().task_deadline(delay_ms);
-        let deadline = Timestamp::in_future(budget);
         let from = AssignFrom::Pending { attempts: task.attempts };
-        let assigned = self.ledger().assign(task.id, from, slave.id, attempt, deadline.clone()).await;
+        let assigned = self.ledger().assign(task.id, from, slave.id, attempt, budget).await;
         if !matches!(assigned, Ok(true)) {
             // Moved on since it was read (cancelled, or another dispatch took it).
             self.slaves().release(slave.id);
@@ -325,7 +326,7 @@ impl Cluster {
         }
         self.inner.timers.start(task.id, slave.id, attempt, budget);
         let offer = Offer { task_id: task.id.0, attempt, variables, expression: task.expression, delay_ms };
-        match self.offer_in_order(&offer, slave, &deadline).await? {
+        match self.offer_in_order(&offer, slave, budget).await? {
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
                 self.inner.timers.stop(task.id, last, attempt);
                 self.ledger().unassign(task.id, last, attempt, task.attempts).await?;

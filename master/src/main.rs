@@ -41,7 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: master::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config().map_err(anyhow::Error::msg)?;
-    let db = config.db.display().to_string();
+    let db = config.db.to_string();
     let master = Master::build(config).await.with_context(|| format!("cannot start the master on {db}"))?;
     let addr = master.local_addr()?;
     // The one line scripts and tests wait for (SPEC §9).

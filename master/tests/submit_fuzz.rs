@@ -12,7 +12,7 @@ use master::{
     api::{AppState, router},
     cluster::Cluster,
     config::ServeConfig,
-    ledger::Ledger,
+    ledger::{Ledger, Location},
     metrics::Metrics,
 };
 use proptest::prelude::*;
@@ -27,7 +27,8 @@ struct Harness {
 fn harness() -> Harness {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("master.db"));
+    let config =
+        ServeConfig::new("127.0.0.1:0".parse().unwrap(), Location::Sqlite(dir.path().join("master.db")));
     let app = runtime.block_on(async {
         let metrics = Metrics::new();
         let ledger = Ledger::open(&config.db, metrics.batches.clone(), 512).await.unwrap();

@@ -1,6 +1,10 @@
 //! End-to-end harness: real `master` and `slave` processes on 127.0.0.1 port 0, each
 //! cluster in its own temp dir with its own ledger, killed on drop.
 //!
+//! The scenarios that must hold on both ledger engines are written once inside
+//! [`on_both_engines!`], which makes a `sqlite` and a `postgres` test of each; the
+//! cluster a test starts uses the engine of the test it runs in ([`Engine::current`]).
+//!
 //! Waiting is always "poll with a deadline" ([`eventually`]) or the API's own long poll
 //! (`GET /tasks/{id}?wait=`), never a fixed sleep. Set `TEST_LOG=1` to see the
 //! processes' logs on stderr.
@@ -14,6 +18,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
+
+pub mod postgres;
 
 /// Pacing between probes of [`eventually`]: not a guess at timing, just politeness.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -247,10 +253,77 @@ pub struct MasterOptions {
     pub envs: Vec<(String, String)>,
 }
 
+/// Which ledger engine the clusters of a test use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    static ENGINE: Engine;
+}
+
+impl Engine {
+    /// The engine of the running test: SQLite unless it runs under
+    /// [`Engine::scope`] with PostgreSQL.
+    pub fn current() -> Engine {
+        ENGINE.try_with(|engine| *engine).unwrap_or(Engine::Sqlite)
+    }
+
+    /// Runs `test` with clusters on this engine. On PostgreSQL without a server to
+    /// start (and not under CI) the test is skipped, saying why.
+    pub async fn scope(self, test: impl Future<Output = ()>) {
+        if self == Engine::Postgres
+            && let Err(reason) = postgres::server().await
+        {
+            assert!(!required(), "PostgreSQL is required under CI: {reason}");
+            eprintln!("skipped: no PostgreSQL ({reason})");
+            return;
+        }
+        ENGINE.scope(self, test).await
+    }
+
+    /// A new, empty ledger for a master: a file in `dir`, or a fresh database.
+    pub async fn fresh_ledger(self, dir: &Path) -> String {
+        match self {
+            Engine::Sqlite => dir.join("master.db").display().to_string(),
+            Engine::Postgres => postgres::fresh_database().await.expect("a fresh PostgreSQL database"),
+        }
+    }
+}
+
+/// Writes each `async fn name() { ... }` given as two tests, `name::sqlite` and
+/// `name::postgres`, that run the same body with clusters on each ledger engine.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    $crate::Engine::Sqlite.scope(async $body).await
+                }
+
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    $crate::Engine::Postgres.scope(async $body).await
+                }
+            }
+        )*
+    };
+}
+
 /// A master, its slaves, and the temp dir holding the ledger.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub db: PathBuf,
+    /// The master's `--db`: a SQLite file in `dir`, or a PostgreSQL URL.
+    pub db: String,
     pub master: Process,
     pub slaves: Vec<Process>,
     pub http: Http,
@@ -269,7 +342,7 @@ impl Cluster {
     /// Like [`Cluster::start`] with master options and extra slave flags.
     pub async fn start_with(options: MasterOptions, slave_args: Vec<String>, capacities: &[u32]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("master.db");
+        let db = Engine::current().fresh_ledger(dir.path()).await;
         let master = spawn_master(&db, &options);
         let http = Http::new(options.token.as_deref());
         let mut cluster = Cluster { dir, db, master, slaves: Vec::new(), http, options, slave_args };
@@ -343,10 +416,10 @@ impl Cluster {
         self.slaves.iter().position(|slave| slave.name == name).unwrap_or_else(|| panic!("no slave {name}"))
     }
 
-    /// Counts of `task_events` rows of `kind` for task `id`, read from the ledger file.
+    /// Counts of `task_events` rows of `kind` for task `id`, read from the ledger.
     pub async fn event_count(&self, id: i64, kind: &str) -> i64 {
         let ledger = self.ledger().await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM task_events WHERE task_id = ?1 AND kind = ?2")
+        sqlx::query_scalar("SELECT COUNT(*) FROM task_events WHERE task_id = $1 AND kind = $2")
             .bind(id)
             .bind(kind)
             .fetch_one(&ledger)
@@ -394,15 +467,22 @@ impl Cluster {
         self.master = spawn_master(&self.db, &options);
     }
 
-    /// Opens the ledger read-only for assertions beside the running master.
-    pub async fn ledger(&self) -> sqlx::SqlitePool {
+    /// Opens the ledger for assertions beside the running master (read-only on SQLite).
+    /// Queries use `$1` placeholders, which both engines read.
+    pub async fn ledger(&self) -> sqlx::AnyPool {
         open_ledger(&self.db).await
+    }
+
+    /// The SQLite ledger file (the test is about the file itself).
+    pub fn db_file(&self) -> &Path {
+        assert!(!self.db.starts_with("postgres"), "this check is about a SQLite file");
+        Path::new(&self.db)
     }
 }
 
 /// Starts a master on `db` with `options` (port 0 unless `--listen` is among the args).
-pub fn spawn_master(db: &Path, options: &MasterOptions) -> Process {
-    let mut args = vec!["serve".to_owned(), "--db".to_owned(), db.display().to_string()];
+pub fn spawn_master(db: &str, options: &MasterOptions) -> Process {
+    let mut args = vec!["serve".to_owned(), "--db".to_owned(), db.to_owned()];
     if !options.args.iter().any(|arg| arg == "--listen") {
         args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     }
@@ -420,12 +500,10 @@ pub fn required() -> bool {
     std::env::var_os("CI").is_some_and(|value| !value.is_empty() && value != "false")
 }
 
-/// Opens a ledger file read-only (WAL allows it beside a running master).
-pub async fn open_ledger(db: &Path) -> sqlx::SqlitePool {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
-    sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .expect("open ledger")
+/// Opens a master's ledger: a PostgreSQL URL, or a SQLite file read-only (WAL allows
+/// it beside a running master).
+pub async fn open_ledger(db: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = if db.starts_with("postgres") { db.to_owned() } else { format!("sqlite://{db}?mode=ro") };
+    sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("open ledger")
 }

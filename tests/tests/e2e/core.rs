@@ -7,173 +7,179 @@ use cluster_tests::{Cluster, eventually};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn seed_walkthrough_assigns_in_order_then_answers_full_capacity_and_both_tasks_finish() {
-    let cluster = Cluster::start(&[1, 1]).await;
+cluster_tests::on_both_engines! {
+    async fn seed_walkthrough_assigns_in_order_then_answers_full_capacity_and_both_tasks_finish() {
+        let cluster = Cluster::start(&[1, 1]).await;
 
-    let first = cluster.submit("2+3*4", 2_000).await;
-    assert_eq!(first.status, 201, "{:?}", first.body);
-    assert_eq!(first.body["message"], "Task successfully assigned to slave-1");
-    assert_eq!(first.body["status"], "in_progress");
-    assert_eq!(first.body["slave"]["name"], "slave-1");
+        let first = cluster.submit("2+3*4", 2_000).await;
+        assert_eq!(first.status, 201, "{:?}", first.body);
+        assert_eq!(first.body["message"], "Task successfully assigned to slave-1");
+        assert_eq!(first.body["status"], "in_progress");
+        assert_eq!(first.body["slave"]["name"], "slave-1");
 
-    let second = cluster
-        .submit_json(&json!({"expression": "sqrt(x)*pi", "variables": {"x": 2}, "delay_ms": 2_000}))
+        let second = cluster
+            .submit_json(&json!({"expression": "sqrt(x)*pi", "variables": {"x": 2}, "delay_ms": 2_000}))
+            .await;
+        assert_eq!(second.status, 201, "{:?}", second.body);
+        assert_eq!(second.body["message"], "Task successfully assigned to slave-2");
+
+        let third = cluster.submit("1+1", 0).await;
+        assert_eq!(third.status_and_code(), (503, "full_capacity"));
+        assert_eq!(third.body["message"], "All slaves are busy: full capacity");
+        assert!(third.headers.contains_key("retry-after"), "503 carries Retry-After");
+
+        let listed = cluster.http.get(&cluster.url("/get-tasks")).await;
+        assert_eq!(listed.status, 200);
+        let statuses: Vec<&Value> =
+            listed.body["tasks"].as_array().unwrap().iter().map(|t| &t["status"]).collect();
+        assert_eq!(statuses, vec!["in_progress", "in_progress"], "the refused task left no row");
+        assert_eq!(listed.body["counts"]["in_progress"], 2);
+
+        let first_id = first.body["id"].as_i64().unwrap();
+        let second_id = second.body["id"].as_i64().unwrap();
+        let done = cluster.wait_final(first_id).await;
+        assert_eq!((done["status"].as_str(), done["result"].as_f64()), (Some("done"), Some(14.0)));
+        let done = cluster.wait_final(second_id).await;
+        assert_eq!(done["status"], "done");
+        let expected = 2f64.sqrt() * std::f64::consts::PI;
+        assert!((done["result"].as_f64().unwrap() - expected).abs() < 1e-12, "{done}");
+        assert_eq!(done["slave"]["name"], "slave-2");
+        assert_eq!(done["attempts"], 1);
+
+        let listed = cluster.http.get(&cluster.url("/tasks")).await.body;
+        assert_eq!(
+            listed["counts"],
+            json!({"pending": 0, "in_progress": 0, "done": 2, "failed": 0, "cancelled": 0})
+        );
+
+        let ledger = cluster.ledger().await;
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks").fetch_one(&ledger).await.unwrap();
+        assert_eq!(rows, 2, "full capacity stored nothing");
+        let trail: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM task_events WHERE task_id = $1 ORDER BY id")
+                .bind(first_id)
+                .fetch_all(&ledger)
+                .await
+                .unwrap();
+        assert_eq!(trail, vec!["submitted", "done"]);
+    }
+}
+
+cluster_tests::on_both_engines! {
+    async fn a_free_slave_takes_work_again_once_its_task_is_done() {
+        let cluster = Cluster::start(&[1]).await;
+        let first = cluster.submit("1+1", 300).await;
+        assert_eq!(first.status, 201);
+        assert_eq!(cluster.submit("1+1", 0).await.status_and_code(), (503, "full_capacity"));
+        cluster.wait_final(first.body["id"].as_i64().unwrap()).await;
+        let again = cluster.submit("2+2", 0).await;
+        assert_eq!(again.status, 201, "{:?}", again.body);
+        let done = cluster.wait_final(again.body["id"].as_i64().unwrap()).await;
+        assert_eq!(done["result"], 4.0);
+    }
+}
+
+cluster_tests::on_both_engines! {
+    async fn the_slave_registered_first_is_asked_first_also_after_it_registers_again() {
+        let mut cluster = Cluster::start(&[]).await;
+        // Names that sort the other way round: order is registration, not name.
+        cluster.add_slave("zeta", 1).await;
+        cluster.add_slave("alpha", 1).await;
+
+        let taken = cluster.submit("1+2", 0).await;
+        assert_eq!(taken.body["slave"]["name"], "zeta");
+        cluster.wait_final(taken.body["id"].as_i64().unwrap()).await;
+
+        let before = cluster.wait_for_slave_state("zeta", "up").await;
+        cluster.slaves[0].kill9();
+        cluster.slaves[0] = cluster.spawn_slave("zeta", 1);
+        let after = eventually("zeta to register again from a new address", || async {
+            let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
+            let zeta = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "zeta")?.clone();
+            (zeta["url"] != before["url"] && zeta["state"] == "up").then_some(zeta)
+        })
         .await;
-    assert_eq!(second.status, 201, "{:?}", second.body);
-    assert_eq!(second.body["message"], "Task successfully assigned to slave-2");
+        assert_eq!((&after["id"], &after["position"]), (&before["id"], &before["position"]));
 
-    let third = cluster.submit("1+1", 0).await;
-    assert_eq!(third.status_and_code(), (503, "full_capacity"));
-    assert_eq!(third.body["message"], "All slaves are busy: full capacity");
-    assert!(third.headers.contains_key("retry-after"), "503 carries Retry-After");
-
-    let listed = cluster.http.get(&cluster.url("/get-tasks")).await;
-    assert_eq!(listed.status, 200);
-    let statuses: Vec<&Value> =
-        listed.body["tasks"].as_array().unwrap().iter().map(|t| &t["status"]).collect();
-    assert_eq!(statuses, vec!["in_progress", "in_progress"], "the refused task left no row");
-    assert_eq!(listed.body["counts"]["in_progress"], 2);
-
-    let first_id = first.body["id"].as_i64().unwrap();
-    let second_id = second.body["id"].as_i64().unwrap();
-    let done = cluster.wait_final(first_id).await;
-    assert_eq!((done["status"].as_str(), done["result"].as_f64()), (Some("done"), Some(14.0)));
-    let done = cluster.wait_final(second_id).await;
-    assert_eq!(done["status"], "done");
-    let expected = 2f64.sqrt() * std::f64::consts::PI;
-    assert!((done["result"].as_f64().unwrap() - expected).abs() < 1e-12, "{done}");
-    assert_eq!(done["slave"]["name"], "slave-2");
-    assert_eq!(done["attempts"], 1);
-
-    let listed = cluster.http.get(&cluster.url("/tasks")).await.body;
-    assert_eq!(
-        listed["counts"],
-        json!({"pending": 0, "in_progress": 0, "done": 2, "failed": 0, "cancelled": 0})
-    );
-
-    let ledger = cluster.ledger().await;
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks").fetch_one(&ledger).await.unwrap();
-    assert_eq!(rows, 2, "full capacity stored nothing");
-    let trail: Vec<String> =
-        sqlx::query_scalar("SELECT kind FROM task_events WHERE task_id = ?1 ORDER BY id")
-            .bind(first_id)
-            .fetch_all(&ledger)
-            .await
-            .unwrap();
-    assert_eq!(trail, vec!["submitted", "done"]);
-}
-
-#[tokio::test]
-async fn a_free_slave_takes_work_again_once_its_task_is_done() {
-    let cluster = Cluster::start(&[1]).await;
-    let first = cluster.submit("1+1", 300).await;
-    assert_eq!(first.status, 201);
-    assert_eq!(cluster.submit("1+1", 0).await.status_and_code(), (503, "full_capacity"));
-    cluster.wait_final(first.body["id"].as_i64().unwrap()).await;
-    let again = cluster.submit("2+2", 0).await;
-    assert_eq!(again.status, 201, "{:?}", again.body);
-    let done = cluster.wait_final(again.body["id"].as_i64().unwrap()).await;
-    assert_eq!(done["result"], 4.0);
-}
-
-#[tokio::test]
-async fn the_slave_registered_first_is_asked_first_also_after_it_registers_again() {
-    let mut cluster = Cluster::start(&[]).await;
-    // Names that sort the other way round: order is registration, not name.
-    cluster.add_slave("zeta", 1).await;
-    cluster.add_slave("alpha", 1).await;
-
-    let taken = cluster.submit("1+2", 0).await;
-    assert_eq!(taken.body["slave"]["name"], "zeta");
-    cluster.wait_final(taken.body["id"].as_i64().unwrap()).await;
-
-    let before = cluster.wait_for_slave_state("zeta", "up").await;
-    cluster.slaves[0].kill9();
-    cluster.slaves[0] = cluster.spawn_slave("zeta", 1);
-    let after = eventually("zeta to register again from a new address", || async {
         let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
-        let zeta = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "zeta")?.clone();
-        (zeta["url"] != before["url"] && zeta["state"] == "up").then_some(zeta)
-    })
-    .await;
-    assert_eq!((&after["id"], &after["position"]), (&before["id"], &before["position"]));
-
-    let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
-    let order: Vec<&Value> = slaves["slaves"].as_array().unwrap().iter().map(|s| &s["name"]).collect();
-    assert_eq!(order, vec!["zeta", "alpha"]);
-    let taken = cluster.submit("3+4", 0).await;
-    assert_eq!(taken.body["message"], "Task successfully assigned to zeta");
+        let order: Vec<&Value> = slaves["slaves"].as_array().unwrap().iter().map(|s| &s["name"]).collect();
+        assert_eq!(order, vec!["zeta", "alpha"]);
+        let taken = cluster.submit("3+4", 0).await;
+        assert_eq!(taken.body["message"], "Task successfully assigned to zeta");
+    }
 }
 
-#[tokio::test]
-async fn two_hundred_concurrent_submissions_all_finish_with_unique_ids_and_no_busy_errors() {
-    let cluster = Cluster::start(&[100, 100]).await;
-    let submissions = (0..200).map(|n| {
-        let cluster = &cluster;
-        async move { cluster.submit_json(&json!({"expression": "n * 2 + 1", "variables": {"n": n}})).await }
-    });
-    let replies = join_all(submissions).await;
-    let mut ids = HashSet::new();
-    for reply in &replies {
-        assert_eq!(reply.status, 201, "{:?}", reply.body);
-        assert!(ids.insert(reply.body["id"].as_i64().unwrap()), "duplicate id {}", reply.body["id"]);
+cluster_tests::on_both_engines! {
+    async fn two_hundred_concurrent_submissions_all_finish_with_unique_ids_and_no_busy_errors() {
+        let cluster = Cluster::start(&[100, 100]).await;
+        let submissions = (0..200).map(|n| {
+            let cluster = &cluster;
+            async move { cluster.submit_json(&json!({"expression": "n * 2 + 1", "variables": {"n": n}})).await }
+        });
+        let replies = join_all(submissions).await;
+        let mut ids = HashSet::new();
+        for reply in &replies {
+            assert_eq!(reply.status, 201, "{:?}", reply.body);
+            assert!(ids.insert(reply.body["id"].as_i64().unwrap()), "duplicate id {}", reply.body["id"]);
+        }
+        for (n, reply) in replies.iter().enumerate() {
+            let task = cluster.wait_final(reply.body["id"].as_i64().unwrap()).await;
+            assert_eq!(task["status"], "done", "{task}");
+            assert_eq!(task["result"].as_f64(), Some(n as f64 * 2.0 + 1.0));
+        }
+        let counts = cluster.http.get(&cluster.url("/tasks?limit=1")).await.body["counts"].clone();
+        assert_eq!(counts["done"], 200);
     }
-    for (n, reply) in replies.iter().enumerate() {
-        let task = cluster.wait_final(reply.body["id"].as_i64().unwrap()).await;
-        assert_eq!(task["status"], "done", "{task}");
-        assert_eq!(task["result"].as_f64(), Some(n as f64 * 2.0 + 1.0));
-    }
-    let counts = cluster.http.get(&cluster.url("/tasks?limit=1")).await.body["counts"].clone();
-    assert_eq!(counts["done"], 200);
 }
 
-#[tokio::test]
-async fn queue_mode_answers_202_pending_runs_tasks_in_order_and_refuses_past_the_queue_limit() {
-    let options = cluster_tests::MasterOptions {
-        args: ["--when-full", "queue", "--queue-limit", "2"].map(String::from).to_vec(),
-        ..cluster_tests::MasterOptions::default()
-    };
-    let cluster = Cluster::start_with(options, Vec::new(), &[1]).await;
-    let running = cluster.submit("1+1", 1_000).await;
-    assert_eq!(running.status, 201, "{:?}", running.body);
-    let mut queued = Vec::new();
-    for expression in ["2+2", "3+3"] {
-        let reply = cluster.submit(expression, 0).await;
-        assert_eq!((reply.status, reply.body["status"].as_str()), (202, Some("pending")), "{:?}", reply.body);
-        queued.push(reply.body["id"].as_i64().unwrap());
-    }
-    let refused = cluster.submit("4+4", 0).await;
-    assert_eq!(refused.status_and_code(), (503, "queue_full"));
-    assert!(refused.headers.contains_key("retry-after"));
+cluster_tests::on_both_engines! {
+    async fn queue_mode_answers_202_pending_runs_tasks_in_order_and_refuses_past_the_queue_limit() {
+        let options = cluster_tests::MasterOptions {
+            args: ["--when-full", "queue", "--queue-limit", "2"].map(String::from).to_vec(),
+            ..cluster_tests::MasterOptions::default()
+        };
+        let cluster = Cluster::start_with(options, Vec::new(), &[1]).await;
+        let running = cluster.submit("1+1", 1_000).await;
+        assert_eq!(running.status, 201, "{:?}", running.body);
+        let mut queued = Vec::new();
+        for expression in ["2+2", "3+3"] {
+            let reply = cluster.submit(expression, 0).await;
+            assert_eq!((reply.status, reply.body["status"].as_str()), (202, Some("pending")), "{:?}", reply.body);
+            queued.push(reply.body["id"].as_i64().unwrap());
+        }
+        let refused = cluster.submit("4+4", 0).await;
+        assert_eq!(refused.status_and_code(), (503, "queue_full"));
+        assert!(refused.headers.contains_key("retry-after"));
 
-    let first = cluster.wait_final(queued[0]).await;
-    let second = cluster.wait_final(queued[1]).await;
-    assert_eq!((first["result"].as_f64(), second["result"].as_f64()), (Some(4.0), Some(6.0)));
-    let (first_at, second_at) =
-        (first["assigned_at"].as_str().unwrap(), second["assigned_at"].as_str().unwrap());
-    assert!(first_at <= second_at, "oldest pending first: {first_at} vs {second_at}");
-    let counts = cluster.http.get(&cluster.url("/tasks")).await.body["counts"].clone();
-    assert_eq!(counts, json!({"pending": 0, "in_progress": 0, "done": 3, "failed": 0, "cancelled": 0}));
+        let first = cluster.wait_final(queued[0]).await;
+        let second = cluster.wait_final(queued[1]).await;
+        assert_eq!((first["result"].as_f64(), second["result"].as_f64()), (Some(4.0), Some(6.0)));
+        let (first_at, second_at) =
+            (first["assigned_at"].as_str().unwrap(), second["assigned_at"].as_str().unwrap());
+        assert!(first_at <= second_at, "oldest pending first: {first_at} vs {second_at}");
+        let counts = cluster.http.get(&cluster.url("/tasks")).await.body["counts"].clone();
+        assert_eq!(counts, json!({"pending": 0, "in_progress": 0, "done": 3, "failed": 0, "cancelled": 0}));
+    }
 }
 
-#[tokio::test]
-async fn a_slave_the_master_forgot_registers_again_on_its_next_heartbeat() {
-    let options = cluster_tests::MasterOptions {
-        args: ["--heartbeat-interval", "200ms", "--slave-timeout", "1s"].map(String::from).to_vec(),
-        ..cluster_tests::MasterOptions::default()
-    };
-    let cluster = Cluster::start_with(options, cluster_tests::fast_heartbeats(), &[1]).await;
-    let before = cluster.wait_for_slave_state("slave-1", "up").await;
-    let gone = cluster.http.delete(&cluster.url(&format!("/slaves/{}", before["id"]))).await;
-    assert_eq!(gone.status, 204);
-    // The next heartbeat gets 404 and the slave registers again: a new registration.
-    eventually("slave-1 to register again", || async {
-        let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
-        let slave = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "slave-1")?.clone();
-        (slave["registered_at"] != before["registered_at"]).then_some(slave)
-    })
-    .await;
-    let reply = cluster.submit("5*5", 0).await;
-    assert_eq!(reply.body["message"], "Task successfully assigned to slave-1");
+cluster_tests::on_both_engines! {
+    async fn a_slave_the_master_forgot_registers_again_on_its_next_heartbeat() {
+        let options = cluster_tests::MasterOptions {
+            args: ["--heartbeat-interval", "200ms", "--slave-timeout", "1s"].map(String::from).to_vec(),
+            ..cluster_tests::MasterOptions::default()
+        };
+        let cluster = Cluster::start_with(options, cluster_tests::fast_heartbeats(), &[1]).await;
+        let before = cluster.wait_for_slave_state("slave-1", "up").await;
+        let gone = cluster.http.delete(&cluster.url(&format!("/slaves/{}", before["id"]))).await;
+        assert_eq!(gone.status, 204);
+        // The next heartbeat gets 404 and the slave registers again: a new registration.
+        eventually("slave-1 to register again", || async {
+            let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
+            let slave = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "slave-1")?.clone();
+            (slave["registered_at"] != before["registered_at"]).then_some(slave)
+        })
+        .await;
+        let reply = cluster.submit("5*5", 0).await;
+        assert_eq!(reply.body["message"], "Task successfully assigned to slave-1");
+    }
 }

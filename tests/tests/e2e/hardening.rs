@@ -101,7 +101,7 @@ async fn a_full_disk_makes_healthz_answer_503_and_it_recovers_when_space_comes_b
     let Some(disk) = SmallDisk::mount("4m") else { return };
     let db = disk.path().join("master.db");
     let options = MasterOptions::default();
-    let master = cluster_tests::spawn_master(&db, &options);
+    let master = cluster_tests::spawn_master(&db.display().to_string(), &options);
     let http = Http::new(None);
     let url = |path: &str| format!("{}{path}", master.url);
     assert_eq!(http.get(&url("/healthz")).await.status, 200);

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::LedgerError;
+use ledger::LedgerError;
 
 /// The files the master opened, by device and inode. `rm master.db*` or a file moved
 /// over the path leaves the open descriptors writing to a file nobody will ever read

@@ -1,5 +1,5 @@
-//! The ledger: every SQL statement of the master, and the only code that touches
-//! master.db (SPEC §6).
+//! The SQLite ledger engine (SPEC §6): every SQLite statement of the master, and the
+//! only code that touches master.db. The embedded default: one file, one master.
 //!
 //! Reads go through a small pool of read-only connections; WAL lets them run beside
 //! the writer. Every write goes through one writer task that owns the only write
@@ -14,7 +14,6 @@
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
-use common::protocol::Variables;
 use futures_util::future::BoxFuture;
 use sqlx::{
     Connection, SqliteConnection,
@@ -29,8 +28,7 @@ mod tasks;
 mod writer;
 
 pub use file::Fault;
-
-use crate::model::{SlaveId, SlaveState, TaskId, TaskStatus, Timestamp};
+use ledger::{LedgerError, Timestamp};
 
 /// Most writes committed in one transaction, unless configured otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 512;
@@ -41,33 +39,15 @@ const READ_CONNECTIONS: u32 = 4;
 /// A reader may briefly wait on a WAL checkpoint; it never surfaces as an error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What can go wrong in the ledger. Database details stay in the log (see `api::errors`).
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
-    #[error("cannot open the ledger {path}: {detail}")]
-    Open { path: String, detail: String },
-    #[error("{path} failed its integrity check ({detail}); restore it from a backup or move it away")]
-    Corrupt { path: String, detail: String },
-    /// The ledger cannot take writes now (disk full or read-only, file deleted or
-    /// replaced, commit failed): 503 `ledger_unavailable`, nothing half-done kept.
-    #[error("the ledger is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the ledger did not take the write (writer stopped or transaction failed to begin)")]
-    Closed,
-    #[error("stored variables of task {0} are not valid JSON: {1}")]
-    BadVariables(TaskId, serde_json::Error),
-}
-
 type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
 
-/// Handle to the ledger; cheap to clone.
+/// Told the size and duration of every committed batch (for metrics).
+pub type OnBatch = Box<dyn Fn(usize, Duration) + Send + Sync>;
+
+/// Handle to a SQLite ledger; cheap to clone.
 #[derive(Clone)]
-pub struct Ledger {
+pub struct SqliteLedger {
     reads: SqlitePool,
     jobs: mpsc::Sender<Job>,
     /// Cancelled by [`Ledger::close`]: the writer finishes what is queued and exits.
@@ -77,144 +57,11 @@ pub struct Ledger {
     writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-/// A task as stored, with its slave's name.
-#[derive(Debug, Clone)]
-pub struct TaskRow {
-    pub id: TaskId,
-    pub expression: String,
-    pub variables: String,
-    pub delay_ms: i64,
-    pub status: TaskStatus,
-    pub slave_id: Option<SlaveId>,
-    pub slave_name: Option<String>,
-    pub attempts: i64,
-    pub result: Option<f64>,
-    pub error: Option<String>,
-    pub submitted_at: Timestamp,
-    pub assigned_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
-}
-
-impl TaskRow {
-    /// The stored variables, parsed.
-    pub fn variables(&self) -> Result<Variables, LedgerError> {
-        serde_json::from_str(&self.variables).map_err(|error| LedgerError::BadVariables(self.id, error))
-    }
-}
-
-/// A slave as stored.
-#[derive(Debug, Clone)]
-pub struct SlaveRow {
-    pub id: SlaveId,
-    pub name: String,
-    pub url: String,
-    pub capacity: i64,
-    pub position: i64,
-    pub state: SlaveState,
-    pub registered_at: Timestamp,
-    pub last_seen_at: Timestamp,
-    /// The process run that registered it last (`None`: it sent no instance).
-    pub instance: Option<String>,
-}
-
-/// A task a slave holds, as the ledger knows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeldTask {
-    pub id: TaskId,
-    pub slave_id: SlaveId,
-    pub attempts: i64,
-    /// Its simulated work, which lengthens its deadline.
-    pub delay_ms: i64,
-}
-
-/// Tasks by status, as in `GET /tasks` `counts`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct Counts {
-    pub pending: i64,
-    pub in_progress: i64,
-    pub done: i64,
-    pub failed: i64,
-    pub cancelled: i64,
-}
-
-/// Which page of tasks to list.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskFilter {
-    pub status: Option<TaskStatus>,
-    pub after: TaskId,
-    pub limit: i64,
-}
-
-/// How a result report was taken (SPEC §4 `POST /tasks/{id}/result`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResultRecording {
-    /// Recorded now; the task is final.
-    Recorded(TaskStatus),
-    /// The same outcome was already recorded for this slave and attempt.
-    Duplicate,
-    /// The task was cancelled; the result is ignored.
-    Cancelled,
-    /// The report is for an attempt that is not the current one.
-    StaleAttempt { current: i64 },
-    /// This slave's attempt already has another outcome recorded (`recorded` status).
-    ConflictingOutcome { recorded: TaskStatus },
-    /// The current attempt belongs to another slave.
-    OtherSlave,
-    /// No such task.
-    NotFound,
-}
-
-/// What became of a task lost on its slave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requeue {
-    /// Back to pending under a new attempt.
-    Pending { attempts: i64 },
-    /// Out of attempts: failed.
-    Failed,
-    /// The task had already moved on (result recorded, cancelled, re-dispatched).
-    NotHeld,
-}
-
-/// Where a task is expected to be when it is assigned (the guard of [`Ledger::assign`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AssignFrom {
-    /// Pending with this many attempts (the dispatcher read it so).
-    Pending { attempts: i64 },
-    /// In progress on this slave under the same attempt, which refused the offer.
-    Slave { slave: SlaveId },
-}
-
-/// What deleting a slave found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlaveDeletion {
-    Deleted,
-    NotFound,
-    /// Tasks are (again) in progress on it: requeue them first.
-    StillHoldsTasks,
-}
-
-/// What a cancel found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancellation {
-    /// Cancelled now; `slave` held it (under `attempt`) and should be told to drop it.
-    Cancelled {
-        slave: Option<SlaveId>,
-        attempt: i64,
-    },
-    /// Already final; nothing changed.
-    AlreadyFinal(TaskStatus),
-    NotFound,
-}
-
-impl Ledger {
+impl SqliteLedger {
     /// Opens (creating if missing) the ledger at `path`: refuses a file that fails
     /// `PRAGMA quick_check`, applies migrations, starts the writer.
     /// `max_batch` bounds the writes per commit (1 turns group commit off, for comparison).
-    pub async fn open(
-        path: &Path,
-        batches: crate::metrics::BatchStats,
-        max_batch: usize,
-    ) -> Result<Self, LedgerError> {
+    pub async fn open(path: &Path, on_batch: OnBatch, max_batch: usize) -> Result<Self, LedgerError> {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -251,7 +98,7 @@ impl Ledger {
         let writer = tokio::spawn(writer::write_loop(writer::Writer {
             conn: writer,
             jobs: queue,
-            stats: batches,
+            on_batch,
             max_batch: max_batch.max(1),
             closing: closing.clone(),
             identity,
@@ -262,7 +109,7 @@ impl Ledger {
 
     /// Commits every queued write, then closes all connections, so SQLite checkpoints
     /// the WAL into the file and removes it. Later writes fail with `Closed`.
-    pub async fn close(&self) {
+    async fn close_all(&self) {
         // Readers first: only the last connection to close checkpoints and removes the
         // WAL, and a read-only one cannot, so the writer must be last.
         self.reads.close().await;
@@ -307,7 +154,7 @@ impl Ledger {
     /// `GET /healthz`: a write that really reaches the disk (a counter that changes on
     /// every probe, committed with fsync) through the same writer as every other write,
     /// which also checks that the path still names the file it opened. `Err` says why not.
-    pub async fn probe_writable(&self) -> Result<(), LedgerError> {
+    async fn probe(&self) -> Result<(), LedgerError> {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
@@ -335,3 +182,7 @@ fn is_corruption(error: &sqlx::Error) -> bool {
     let code = error.as_database_error().and_then(|e| e.code());
     matches!(code.as_deref(), Some(SQLITE_CORRUPT | SQLITE_NOTADB))
 }
+
+// Every engine method is an inherent method of [`SqliteLedger`] (in `tasks` and `slaves`,
+// beside its SQL); this makes them the interface the master sees.
+ledger::engine_by_inherent_methods!(SqliteLedger, probe: probe, close: close_all);

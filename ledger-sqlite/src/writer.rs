@@ -13,7 +13,7 @@ use super::{
 pub(super) struct Writer {
     pub conn: SqliteConnection,
     pub jobs: mpsc::Receiver<Job>,
-    pub stats: crate::metrics::BatchStats,
+    pub on_batch: super::OnBatch,
     pub max_batch: usize,
     pub closing: CancellationToken,
     /// The files opened; checked before each batch (one `stat` each, microseconds).
@@ -33,7 +33,7 @@ pub(super) struct Writer {
 /// `Unavailable` with the reason, since writing on would acknowledge what the next start
 /// can never read.
 pub(super) async fn write_loop(writer: Writer) {
-    let Writer { mut conn, mut jobs, stats, max_batch, closing, identity, fault } = writer;
+    let Writer { mut conn, mut jobs, on_batch, max_batch, closing, identity, fault } = writer;
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing_seen = false;
     loop {
@@ -74,7 +74,7 @@ pub(super) async fn write_loop(writer: Writer) {
                 }
             }
         };
-        stats.observe(size, started.elapsed());
+        on_batch(size, started.elapsed());
         for deliver in deliveries {
             deliver(committed.clone());
         }

@@ -1,31 +1,33 @@
 //! Statements about tasks: submission, assignment, results, requeues, cancels, reads.
 
+use std::time::Duration;
+
 use common::protocol::Outcome;
+use ledger::{
+    AssignFrom, Cancellation, Counts, HeldTask, LedgerError, Requeue, ResultRecording, SlaveId, Submission,
+    TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded, lost_too_often, outcome_columns,
+};
 use sqlx::SqliteConnection;
 
-use super::{
-    AssignFrom, Cancellation, Counts, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, TaskFilter,
-    TaskRow,
-};
-use crate::model::{NewTask, SlaveId, TaskId, TaskStatus, Timestamp};
+use super::SqliteLedger;
 
-impl Ledger {
+impl SqliteLedger {
     /// Stores a new task: `pending`, or straight `in_progress` on `slave` at `attempt 1`
     /// when the submission already picked one (one write instead of two).
-    pub async fn insert_task(
+    pub(crate) async fn insert_task(
         &self,
-        task: &NewTask,
-        assignment: Option<(SlaveId, Timestamp)>,
+        task: Submission<'_>,
+        assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError> {
-        let expression = task.expression.clone();
-        let variables = serde_json::to_string(&task.variables).unwrap_or_else(|_| "{}".to_owned());
-        let delay_ms = i64::try_from(task.delay_ms).unwrap_or(i64::MAX);
+        let expression = task.expression.to_owned();
+        let variables = task.variables_json();
+        let delay_ms = task.delay_ms();
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
                 let (status, attempts, slave, deadline) = match &assignment {
                     Some((slave, deadline)) => {
-                        (TaskStatus::InProgress, 1, Some(*slave), Some(deadline.clone()))
+                        (TaskStatus::InProgress, 1, Some(*slave), Some(Timestamp::in_future(*deadline)))
                     }
                     None => (TaskStatus::Pending, 0, None, None),
                 };
@@ -58,7 +60,7 @@ impl Ledger {
     /// "full capacity" leaves nothing behind (SPEC §4); its events go with it (cascade).
     /// Its id is never reused. Guarded: false if the task moved on meanwhile (requeued
     /// and taken by the dispatcher), and then it stays.
-    pub async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {
+    pub(crate) async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {
         self.write(move |conn| {
             Box::pin(async move {
                 let deleted = sqlx::query!(
@@ -78,15 +80,16 @@ impl Ledger {
     /// can never arrive for an assignment not yet on disk). Guarded by where the task is
     /// expected to be (`from`): false if anything moved it meanwhile (cancelled,
     /// requeued, taken by another dispatch), and then the caller must leave it alone.
-    pub async fn assign(
+    pub(crate) async fn assign(
         &self,
         id: TaskId,
         from: AssignFrom,
         slave: SlaveId,
         attempt: i64,
-        deadline: Timestamp,
+        deadline: Duration,
     ) -> Result<bool, LedgerError> {
         let now = Timestamp::now();
+        let deadline = Timestamp::in_future(deadline);
         self.write(move |conn| {
             Box::pin(async move {
                 let outcome = match from {
@@ -134,7 +137,7 @@ impl Ledger {
 
     /// Puts a task whose offers were all refused back to `pending` with its attempts
     /// as they were before (`attempts` counts accepted offers only).
-    pub async fn unassign(
+    pub(crate) async fn unassign(
         &self,
         id: TaskId,
         slave: SlaveId,
@@ -176,7 +179,7 @@ impl Ledger {
 
     /// Records a slave's result exactly once (SPEC §4, §7): only the current attempt's
     /// slave moves an in-progress task to `done`/`failed`; anything else is classified.
-    pub async fn record_result(
+    pub(crate) async fn record_result(
         &self,
         id: TaskId,
         slave: SlaveId,
@@ -186,11 +189,7 @@ impl Ledger {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
-                let (status, value, error) = match &outcome {
-                    Outcome::Value(value) if value.is_finite() => (TaskStatus::Done, Some(*value), None),
-                    Outcome::Value(value) => (TaskStatus::Failed, None, Some(format!("result is {value}"))),
-                    Outcome::Error(error) => (TaskStatus::Failed, None, Some(error.clone())),
-                };
+                let (status, value, error) = outcome_columns(&outcome);
                 let recorded = sqlx::query!(
                     "UPDATE tasks SET status = ?1, result = ?2, error = ?3, finished_at = ?4, deadline_at = NULL
                       WHERE id = ?5 AND status = 'in_progress' AND slave_id = ?6 AND attempts = ?7",
@@ -220,7 +219,7 @@ impl Ledger {
     /// A task was lost on `slave` (silent, restarted, deregistered, past its deadline):
     /// back to `pending` with `attempts + 1`, or `failed` once `max_attempts` offers
     /// were lost (SPEC §7). Guarded, so a result recorded meanwhile wins.
-    pub async fn requeue_lost(
+    pub(crate) async fn requeue_lost(
         &self,
         id: TaskId,
         slave: SlaveId,
@@ -232,7 +231,7 @@ impl Ledger {
         self.write(move |conn| {
             Box::pin(async move {
                 if attempt >= max_attempts {
-                    let error = format!("slave lost {attempt} times; last: {reason}");
+                    let error = lost_too_often(attempt, &reason);
                     let failed = sqlx::query!(
                         "UPDATE tasks SET status = 'failed', error = ?1, finished_at = ?2, deadline_at = NULL
                           WHERE id = ?3 AND status = 'in_progress' AND slave_id = ?4 AND attempts = ?5",
@@ -275,7 +274,7 @@ impl Ledger {
     }
 
     /// Cancels a pending or in-progress task.
-    pub async fn cancel(&self, id: TaskId) -> Result<Cancellation, LedgerError> {
+    pub(crate) async fn cancel(&self, id: TaskId) -> Result<Cancellation, LedgerError> {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
@@ -300,13 +299,13 @@ impl Ledger {
     }
 
     /// One task, or `None`.
-    pub async fn task(&self, id: TaskId) -> Result<Option<TaskRow>, LedgerError> {
+    pub(crate) async fn task(&self, id: TaskId) -> Result<Option<TaskRow>, LedgerError> {
         let mut conn = self.reads.acquire().await?;
         task_row(&mut conn, id).await
     }
 
     /// A page of tasks, oldest first.
-    pub async fn tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, LedgerError> {
+    pub(crate) async fn tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, LedgerError> {
         // Two statements rather than `?1 IS NULL OR status = ?1`, so each gets the index
         // that fits it: (status, id) with a filter, the primary key without.
         let rows = match filter.status {
@@ -352,7 +351,7 @@ impl Ledger {
     }
 
     /// Tasks by status, from the trigger-maintained counters (no table scan).
-    pub async fn counts(&self) -> Result<Counts, LedgerError> {
+    pub(crate) async fn counts(&self) -> Result<Counts, LedgerError> {
         let rows = sqlx::query!(r#"SELECT status AS "status!: TaskStatus", n FROM task_counts"#)
             .fetch_all(&self.reads)
             .await?;
@@ -370,13 +369,8 @@ impl Ledger {
         Ok(counts)
     }
 
-    /// The oldest pending tasks, for the dispatcher.
-    pub async fn oldest_pending(&self, limit: i64) -> Result<Vec<TaskRow>, LedgerError> {
-        self.tasks(TaskFilter { status: Some(TaskStatus::Pending), after: TaskId(0), limit }).await
-    }
-
     /// Every in-progress task, with its slave and attempt (start-up and reconciliation).
-    pub async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError> {
+    pub(crate) async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError> {
         Ok(sqlx::query_as!(
             HeldTask,
             r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
@@ -387,7 +381,7 @@ impl Ledger {
     }
 
     /// In-progress tasks held by `slave`.
-    pub async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
+    pub(crate) async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
         Ok(sqlx::query_as!(
             HeldTask,
             r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
@@ -396,35 +390,6 @@ impl Ledger {
         )
         .fetch_all(&self.reads)
         .await?)
-    }
-}
-
-/// Why a report that changed nothing changed nothing.
-fn classify_unrecorded(
-    current: &TaskRow,
-    slave: SlaveId,
-    attempt: i64,
-    status: TaskStatus,
-    value: Option<f64>,
-    error: Option<&str>,
-) -> ResultRecording {
-    if current.status == TaskStatus::Cancelled {
-        return ResultRecording::Cancelled;
-    }
-    if attempt != current.attempts {
-        return ResultRecording::StaleAttempt { current: current.attempts };
-    }
-    if current.slave_id != Some(slave) {
-        return ResultRecording::OtherSlave;
-    }
-    let same_outcome =
-        current.status == status && current.result == value && current.error.as_deref() == error;
-    if same_outcome {
-        ResultRecording::Duplicate
-    } else if current.status.is_final() {
-        ResultRecording::ConflictingOutcome { recorded: current.status }
-    } else {
-        ResultRecording::StaleAttempt { current: current.attempts }
     }
 }
 

@@ -1,23 +1,24 @@
 //! Statements about slaves: registration, state, deletion.
 
 use common::protocol::Registration;
+use ledger::{LedgerError, SlaveDeletion, SlaveId, SlaveRow, SlaveState, Timestamp};
 
-use super::{Ledger, LedgerError, SlaveDeletion, SlaveRow};
-use crate::model::{SlaveId, SlaveState, Timestamp};
+use super::SqliteLedger;
 
-impl Ledger {
+impl SqliteLedger {
     /// Registers a slave, or re-registers a known name keeping its id and position and
     /// updating url and capacity (SPEC §4). The slave is `up` afterwards.
-    pub async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError> {
+    pub(crate) async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError> {
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
                 let capacity = i64::from(registration.capacity);
                 Ok(sqlx::query_as!(
                     SlaveRow,
-                    r#"INSERT INTO slaves (name, url, capacity, position, state, registered_at, last_seen_at,
+                    r#"INSERT INTO slaves (id, name, url, capacity, position, state, registered_at, last_seen_at,
                                           instance)
-                       VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM slaves), 'up', ?4, ?4, ?5)
+                       VALUES ((SELECT last + 1 FROM slave_ids), ?1, ?2, ?3,
+                               (SELECT COALESCE(MAX(position), 0) + 1 FROM slaves), 'up', ?4, ?4, ?5)
                        ON CONFLICT (name) DO UPDATE
                           SET url = excluded.url, capacity = excluded.capacity, instance = excluded.instance,
                               state = 'up', last_seen_at = excluded.last_seen_at
@@ -39,7 +40,7 @@ impl Ledger {
     }
 
     /// Every slave in registration order.
-    pub async fn slaves(&self) -> Result<Vec<SlaveRow>, LedgerError> {
+    pub(crate) async fn slaves(&self) -> Result<Vec<SlaveRow>, LedgerError> {
         Ok(sqlx::query_as!(
             SlaveRow,
             r#"SELECT id AS "id!: SlaveId", name, url, capacity, position,
@@ -53,7 +54,7 @@ impl Ledger {
     }
 
     /// Stores a slave's state and when it was last heard from.
-    pub async fn update_slave(
+    pub(crate) async fn update_slave(
         &self,
         id: SlaveId,
         state: SlaveState,
@@ -77,7 +78,7 @@ impl Ledger {
 
     /// Forgets a slave, unless a task is in progress on it: an offer made before the
     /// slave left the registry may have been assigned after its tasks were requeued.
-    pub async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {
+    pub(crate) async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {
         self.write(move |conn| {
             Box::pin(async move {
                 let deleted = sqlx::query!(

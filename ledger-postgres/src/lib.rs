@@ -1,0 +1,124 @@
+//! The PostgreSQL ledger engine (SPEC §11): the same ledger as `ledger-sqlite`, in a
+//! database that several masters can share.
+//!
+//! Every write is one statement in its own transaction on a pooled connection, guarded
+//! by what it expects to change (status, slave, attempt) and checked for what it
+//! changed, so concurrent writers — this master's handlers now, several masters later —
+//! race safely without locks held across round trips. PostgreSQL's own group commit
+//! makes concurrent commits share WAL flushes, which is the batching SQLite's single
+//! writer does by hand. `synchronous_commit` is forced on: a 2xx means it is durable.
+//! Timestamps come from the database's clock (`now()`), ids from sequences.
+//!
+//! - `tasks`  — statements about tasks.
+//! - `slaves` — statements about slaves.
+
+use std::{str::FromStr, time::Duration};
+
+use ledger::LedgerError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+mod slaves;
+mod tasks;
+
+/// Connections per master: enough for concurrent handlers on a few cores; PostgreSQL's
+/// default `max_connections` (100) leaves room for several masters.
+const CONNECTIONS: u32 = 16;
+/// How long a request waits for a connection before it hears 503 `ledger_unavailable`
+/// (the database is down or every connection is stuck).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest any one statement may run before the server cancels it.
+const STATEMENT_TIMEOUT: &str = "10s";
+
+/// Handle to a PostgreSQL ledger; cheap to clone.
+#[derive(Clone)]
+pub struct PgLedger {
+    pool: PgPool,
+}
+
+impl PgLedger {
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies the migrations
+    /// (under sqlx's migration lock, so masters starting together apply them once).
+    /// The pool reconnects by itself after the database comes back.
+    pub async fn open(url: &str) -> Result<Self, LedgerError> {
+        let shown = redacted(url);
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?
+            .application_name("master")
+            .options([("synchronous_commit", "on"), ("statement_timeout", STATEMENT_TIMEOUT)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn close_all(&self) {
+        self.pool.close().await
+    }
+
+    /// Commits a write that changes a row, so it proves the database takes writes.
+    async fn probe(&self) -> Result<(), LedgerError> {
+        let changed =
+            sqlx::query!("UPDATE ledger_health SET probes = probes + 1, probed_at = now() WHERE id = 1")
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        if changed.rows_affected() != 1 {
+            return Err(LedgerError::Unavailable("the ledger_health row is missing".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A database error that means the database, not the statement, is at fault — it is
+/// down, restarting, unreachable, out of disk, a read-only standby, or the pool has no
+/// connection to give — becomes `Unavailable` (503 `ledger_unavailable`). Each write is
+/// one transaction, so a failed one left nothing half-done.
+pub(crate) fn unavailable(error: sqlx::Error) -> LedgerError {
+    let reason = match &error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+            format!("the database connection failed: {error}")
+        }
+        sqlx::Error::PoolTimedOut => {
+            "no database connection within 3 s: the database is down or overloaded".to_owned()
+        }
+        sqlx::Error::PoolClosed => return LedgerError::Closed,
+        sqlx::Error::Database(database) => {
+            let code = database.code().unwrap_or_default();
+            // 08: connection exception; 53: insufficient resources (disk full, too many
+            // connections); 57P0x: shutdown, crash, starting up; 58: system error;
+            // 25006: a read-only standby; 40001/40P01: serialization failure, deadlock.
+            let storage = code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("58")
+                || code == "25006"
+                || code == "40001"
+                || code == "40P01";
+            if !storage {
+                return LedgerError::Database(error);
+            }
+            format!("the database refused the write ({code}): {}", database.message())
+        }
+        _ => return LedgerError::Database(error),
+    };
+    LedgerError::Unavailable(reason)
+}
+
+// Every engine method is an inherent method of [`PgLedger`] (in `tasks` and `slaves`,
+// beside its SQL); this makes them the interface the master sees.
+ledger::engine_by_inherent_methods!(PgLedger, probe: probe, close: close_all);

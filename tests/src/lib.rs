@@ -343,6 +343,17 @@ impl Cluster {
     pub async fn start_with(options: MasterOptions, slave_args: Vec<String>, capacities: &[u32]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Engine::current().fresh_ledger(dir.path()).await;
+        Self::start_on(dir, db, options, slave_args, capacities).await
+    }
+
+    /// Like [`Cluster::start_with`] on a ledger of the caller's (`--db`).
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        db: String,
+        options: MasterOptions,
+        slave_args: Vec<String>,
+        capacities: &[u32],
+    ) -> Cluster {
         let master = spawn_master(&db, &options);
         let http = Http::new(options.token.as_deref());
         let mut cluster = Cluster { dir, db, master, slaves: Vec::new(), http, options, slave_args };

@@ -29,20 +29,64 @@ pub struct Server {
     started: Option<Started>,
 }
 
+/// A server of one test's own, which it may stop and start; stopped on drop.
+pub struct PrivateServer(Server);
+
+impl PrivateServer {
+    /// Starts a server for this test alone (never `TEST_DATABASE_URL`'s: the test
+    /// stops it).
+    pub async fn start() -> Result<PrivateServer, String> {
+        let server =
+            tokio::task::spawn_blocking(|| start(false)).await.map_err(|error| error.to_string())??;
+        Ok(PrivateServer(server))
+    }
+
+    /// A new, empty database on it and its URL.
+    pub async fn fresh_database(&self) -> Result<String, String> {
+        create_database(&self.0).await
+    }
+
+    /// `pg_ctl ARGS` on this server (`stop -m fast`, `start`, `restart -m fast`).
+    pub async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let started = self.0.started.as_ref().ok_or("not a server of ours")?;
+        let (mut command, args) =
+            (started.pg_ctl_command(), args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+        command.args(&args);
+        if args.first().is_some_and(|verb| verb == "start" || verb == "restart") {
+            // A log file, so the server does not hold pg_ctl's output open.
+            command.args(["-o", &started.settings]).arg("-l").arg(started.socket_dir.join("server.log"));
+        }
+        tokio::task::spawn_blocking(move || run(&mut command)).await.map_err(|error| error.to_string())?
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(started) = &self.0.started {
+            let mut stop = started.pg_ctl_command();
+            stop.args(["stop", "-m", "immediate"]);
+            let _ = run(&mut stop);
+            let _ = std::fs::remove_dir_all(&started.socket_dir);
+        }
+    }
+}
+
 /// A server this process started.
-pub struct Started {
-    pub data: PathBuf,
-    pub bin: PathBuf,
-    pub socket_dir: PathBuf,
-    pub as_postgres_user: bool,
+struct Started {
+    data: PathBuf,
+    bin: PathBuf,
+    socket_dir: PathBuf,
+    as_postgres_user: bool,
+    /// The server's `-o` options: where it listens and how.
+    settings: String,
 }
 
 impl Started {
-    /// `pg_ctl ARGS -D data`, as the server's own user.
-    pub fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+    /// `pg_ctl -D data -w -s`, as the server's own user; the verb comes after.
+    fn pg_ctl_command(&self) -> Command {
         let mut command = self.command("pg_ctl");
-        command.args(args).arg("-D").arg(&self.data).arg("-w").arg("-s");
-        run(&mut command)
+        command.arg("-D").arg(&self.data).arg("-w").arg("-s");
+        command
     }
 
     fn command(&self, program: &str) -> Command {
@@ -66,13 +110,6 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-impl Server {
-    /// The server we started, for tests that stop or restart it.
-    pub fn started(&self) -> Option<&Started> {
-        self.started.as_ref()
-    }
-}
-
 /// The shared server of this test binary, started on first use.
 pub async fn server() -> Result<&'static Server, String> {
     static SERVER: OnceCell<Result<Server, String>> = OnceCell::const_new();
@@ -80,7 +117,9 @@ pub async fn server() -> Result<&'static Server, String> {
         .get_or_init(|| async {
             match std::env::var("TEST_DATABASE_URL") {
                 Ok(url) => Ok(Server { admin_url: url, started: None }),
-                Err(_) => tokio::task::spawn_blocking(start).await.map_err(|error| error.to_string())?,
+                Err(_) => {
+                    tokio::task::spawn_blocking(|| start(true)).await.map_err(|error| error.to_string())?
+                }
             }
         })
         .await
@@ -88,10 +127,13 @@ pub async fn server() -> Result<&'static Server, String> {
         .map_err(Clone::clone)
 }
 
-/// A new, empty database and its URL.
+/// A new, empty database on the shared server and its URL.
 pub async fn fresh_database() -> Result<String, String> {
+    create_database(server().await?).await
+}
+
+async fn create_database(server: &Server) -> Result<String, String> {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    let server = server().await?;
     let name = format!("test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let mut admin = PgConnection::connect(&server.admin_url).await.map_err(|error| error.to_string())?;
     admin.execute(format!("CREATE DATABASE {name}").as_str()).await.map_err(|error| error.to_string())?;
@@ -120,7 +162,9 @@ fn bin_dir() -> Result<PathBuf, String> {
     versions.pop().map(|(_, bin)| bin).ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".to_owned())
 }
 
-fn start() -> Result<Server, String> {
+/// Starts a server in a temp dir; `shared`: it lives as long as this process (a
+/// watcher stops it), else its [`PrivateServer`] stops it.
+fn start(shared: bool) -> Result<Server, String> {
     let bin = bin_dir()?;
     let as_postgres_user = is_root();
     let dir =
@@ -130,17 +174,22 @@ fn start() -> Result<Server, String> {
     if as_postgres_user {
         run(Command::new("chown").arg("postgres:").arg(&dir))?;
     }
-    let started = Started { data: dir.join("data"), bin, socket_dir: dir.clone(), as_postgres_user };
-    let mut initdb = started.command("initdb");
-    initdb.arg("-D").arg(&started.data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
-    run(&mut initdb)?;
     let settings = format!(
         "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=400 \
          -c shared_buffers=64MB",
         dir.display()
     );
-    started.pg_ctl(&["start", "-l", &dir.join("server.log").display().to_string(), "-o", &settings])?;
-    stop_when_this_process_exits(&started, &dir)?;
+    let started =
+        Started { data: dir.join("data"), bin, socket_dir: dir.clone(), as_postgres_user, settings };
+    let mut initdb = started.command("initdb");
+    initdb.arg("-D").arg(&started.data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+    run(&mut initdb)?;
+    let mut pg_ctl = started.pg_ctl_command();
+    pg_ctl.args(["start", "-l"]).arg(dir.join("server.log")).args(["-o", &started.settings]);
+    run(&mut pg_ctl)?;
+    if shared {
+        stop_when_this_process_exits(&started, &dir)?;
+    }
     let admin_url = format!("postgres://postgres@localhost/postgres?host={}", dir.display());
     Ok(Server { admin_url, started: Some(started) })
 }

@@ -8,6 +8,7 @@ mod hardening;
 mod load;
 mod metrics;
 mod openapi;
+mod postgres;
 mod reliability;
 mod restart;
 mod security;

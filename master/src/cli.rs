@@ -238,10 +238,11 @@ pub struct BenchArgs {
     /// of inside the master process.
     #[arg(long)]
     pub slave_processes: bool,
-    /// Ledger file of the local master; kept afterwards, and a ledger workload reuses the
-    /// finished tasks it already holds [default: a temporary file].
+    /// Ledger of the local master: a SQLite file, kept afterwards (a ledger workload
+    /// reuses the finished tasks it already holds), or a `postgres://` URL of an empty
+    /// database [default: a temporary SQLite file].
     #[arg(long)]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// Read requests timed by the ledger workload, per kind.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub samples: u64,

@@ -31,7 +31,7 @@ pub struct LocalSpec {
     pub when_full: WhenFull,
     pub slave_processes: bool,
     /// The ledger file; `None` for one in a temporary directory.
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// `--worker-threads` of the master; `None` for its default.
     pub worker_threads: Option<u16>,
 }
@@ -149,7 +149,8 @@ struct Local {
     /// Holds the temporary ledger and logs; removed on drop.
     dir: tempfile::TempDir,
     spec: LocalSpec,
-    db: PathBuf,
+    /// The master's `--db`: a SQLite file or a PostgreSQL URL.
+    db: String,
     /// `None` only between the stop and the start of a restart.
     master: Option<Process>,
     slaves: Vec<Process>,
@@ -170,7 +171,7 @@ impl Cluster {
             .prefix("master-bench-")
             .tempdir()
             .map_err(|error| BenchError::Start(format!("cannot make a temporary directory: {error}")))?;
-        let db = spec.db.clone().unwrap_or_else(|| dir.path().join("master.db"));
+        let db = spec.db.clone().unwrap_or_else(|| dir.path().join("master.db").display().to_string());
         let master = spawn_master(&spec, &db, dir.path(), "master").await?;
         let api = Api::new(&master.url, api_timeout)?;
         let master_url = master.url.clone();
@@ -195,7 +196,8 @@ impl Cluster {
 
     /// The ledger file of a local cluster.
     pub fn db(&self) -> Option<&Path> {
-        self.local.as_ref().map(|local| local.db.as_path())
+        let local = self.local.as_ref()?;
+        (!local.db.starts_with("postgres")).then(|| Path::new(&local.db))
     }
 
     /// Peak RSS of the master process, in MiB (local clusters only).
@@ -270,7 +272,7 @@ impl Local {
     }
 }
 
-async fn spawn_master(spec: &LocalSpec, db: &Path, dir: &Path, name: &str) -> Result<Process, BenchError> {
+async fn spawn_master(spec: &LocalSpec, db: &str, dir: &Path, name: &str) -> Result<Process, BenchError> {
     let exe = std::env::current_exe()
         .map_err(|error| BenchError::Start(format!("cannot find the master binary: {error}")))?;
     let local_slaves = if spec.slave_processes { 0 } else { 2 };
@@ -279,7 +281,7 @@ async fn spawn_master(spec: &LocalSpec, db: &Path, dir: &Path, name: &str) -> Re
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--db".into(),
-        db.display().to_string(),
+        db.to_owned(),
         "--local-slaves".into(),
         local_slaves.to_string(),
         "--local-slave-capacity".into(),

@@ -69,17 +69,17 @@ pub struct ServeArgs {
     #[arg(long, env = "MASTER_QUEUE_LIMIT", default_value_t = config::DEFAULT_QUEUE_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
     pub queue_limit: i64,
     /// Time a slave has to answer an offer before it is skipped and marked suspect.
-    #[arg(long, env = "MASTER_OFFER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub offer_timeout: Duration,
+    #[arg(long, env = "MASTER_OFFER_TIMEOUT", default_value_t = config::DEFAULT_OFFER_TIMEOUT.into())]
+    pub offer_timeout: humantime::Duration,
     /// Silence after which a slave is down and its tasks are re-dispatched.
-    #[arg(long, env = "MASTER_SLAVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub slave_timeout: Duration,
+    #[arg(long, env = "MASTER_SLAVE_TIMEOUT", default_value_t = config::DEFAULT_SLAVE_TIMEOUT.into())]
+    pub slave_timeout: humantime::Duration,
     /// Heartbeat interval of the local slaves (and the grace for offers in flight).
-    #[arg(long, env = "MASTER_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Duration,
+    #[arg(long, env = "MASTER_HEARTBEAT_INTERVAL", default_value_t = config::DEFAULT_HEARTBEAT_INTERVAL.into())]
+    pub heartbeat_interval: humantime::Duration,
     /// Base deadline of an in-progress task (its delay_ms is added); past it the task is lost.
-    #[arg(long, env = "MASTER_TASK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub task_timeout: Duration,
+    #[arg(long, env = "MASTER_TASK_TIMEOUT", default_value_t = config::DEFAULT_TASK_TIMEOUT.into())]
+    pub task_timeout: humantime::Duration,
     /// Offers a task may lose (slave died, deadline passed) before it fails.
     #[arg(long, env = "MASTER_MAX_ATTEMPTS", default_value_t = config::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(i64).range(1..=100))]
     pub max_attempts: i64,
@@ -108,10 +108,10 @@ impl ServeArgs {
             token: common::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
             when_full: self.when_full,
             queue_limit: self.queue_limit,
-            offer_timeout: self.offer_timeout,
-            slave_timeout: self.slave_timeout,
-            heartbeat_interval: self.heartbeat_interval,
-            task_timeout: self.task_timeout,
+            offer_timeout: self.offer_timeout.into(),
+            slave_timeout: self.slave_timeout.into(),
+            heartbeat_interval: self.heartbeat_interval.into(),
+            task_timeout: self.task_timeout.into(),
             max_attempts: self.max_attempts,
             local_slaves: usize::from(self.local_slaves),
             local_slave_capacity: self.local_slave_capacity as usize,

@@ -3,16 +3,16 @@
 //! Submission and offers live in `dispatch`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use common::protocol::{Heartbeat, Registration, ResultReport};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -22,13 +22,13 @@ use crate::{
         TaskRow,
     },
     metrics::{Metrics, Reason, SlaveLabel},
-    model::{SlaveId, SlaveState, SlaveUrl, TaskId, TaskStatus},
+    model::{MAX_SLAVE_NAME_CHARS, SlaveId, SlaveName, SlaveState, SlaveUrl, TaskId, TaskStatus},
+    slave_calls::SlaveCalls,
     slaves::{Liveness, SlaveRegistry, Touch},
     timers::TaskTimers,
+    waiters::Waiters,
 };
 
-/// Longest slave name accepted at registration.
-pub const MAX_SLAVE_NAME_CHARS: usize = 64;
 /// Passes of requeue-then-delete before deregistration gives up on a slave that keeps
 /// receiving offers already in flight (each pass takes one offer timeout at most).
 const DEREGISTER_ROUNDS: usize = 5;
@@ -40,21 +40,21 @@ pub const MAX_INSTANCE_CHARS: usize = 64;
 /// The master's moving parts; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) ledger: Ledger,
-    pub(crate) slaves: SlaveRegistry,
-    /// Client for offers and drops: offer timeout per request, no redirects.
-    pub(crate) http: reqwest::Client,
-    pub(crate) config: Arc<ServeConfig>,
-    pub(crate) metrics: Metrics,
+struct Inner {
+    ledger: Ledger,
+    slaves: SlaveRegistry,
+    /// Offers, drops and availability probes to slaves.
+    calls: SlaveCalls,
+    config: Arc<ServeConfig>,
+    metrics: Metrics,
     waiters: Waiters,
     /// Deadlines and offer times of in-progress tasks, on monotonic time.
-    pub(crate) timers: TaskTimers,
+    timers: TaskTimers,
     /// Wakes the dispatcher: a task became pending or a slot freed.
-    pub(crate) dispatch_wanted: Notify,
+    dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
     accepting: AtomicBool,
 }
@@ -113,7 +113,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 ledger,
                 slaves,
-                http,
+                calls: SlaveCalls::new(http, config.token.clone(), config.offer_timeout),
                 config,
                 metrics,
                 waiters: Waiters::default(),
@@ -137,6 +137,21 @@ impl Cluster {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Calls to slaves: offers, drops, availability probes.
+    pub(crate) fn calls(&self) -> &SlaveCalls {
+        &self.inner.calls
+    }
+
+    /// Deadlines of in-progress tasks.
+    pub(crate) fn timers(&self) -> &TaskTimers {
+        &self.inner.timers
+    }
+
+    /// Resolves when the dispatcher should look at the queue again.
+    pub(crate) async fn dispatch_wanted(&self) {
+        self.inner.dispatch_wanted.notified().await
     }
 
     /// The configuration.
@@ -201,18 +216,7 @@ impl Cluster {
     /// anyway. The attempt keeps a late drop from stopping a newer offer of the task.
     pub(crate) fn tell_slave_to_drop(&self, slave: SlaveId, id: TaskId, attempt: i64) {
         let Some((name, url)) = self.inner.slaves.address(slave) else { return };
-        let drop = self.inner.http.delete(format!("{url}/tasks/{id}?attempt={attempt}"));
-        let request = self.inner.config.token.authorize(drop);
-        tokio::spawn(async move {
-            match request.send().await {
-                Ok(response) => {
-                    tracing::debug!(task_id = %id, slave = %name, status = %response.status(), "drop sent")
-                }
-                Err(error) => {
-                    tracing::warn!(task_id = %id, slave = %name, %error, "could not tell slave to drop task")
-                }
-            }
-        });
+        self.inner.calls.drop_task(name, url, id, attempt);
     }
 
     /// The task, once final or once `wait` is over (long poll of `GET /tasks/{id}?wait=`).
@@ -251,12 +255,7 @@ impl Cluster {
         registration: Registration,
         probe: Probe,
     ) -> Result<SlaveRow, RegisterError> {
-        let name_ok = !registration.name.is_empty()
-            && registration.name.chars().count() <= MAX_SLAVE_NAME_CHARS
-            && registration.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !name_ok {
-            return Err(RegisterError::BadName);
-        }
+        SlaveName::parse(&registration.name).ok_or(RegisterError::BadName)?;
         if !(1..=MAX_SLAVE_CAPACITY).contains(&registration.capacity) {
             return Err(RegisterError::BadCapacity);
         }
@@ -270,7 +269,7 @@ impl Cluster {
         let url = SlaveUrl::parse(&registration.url).map_err(RegisterError::BadUrl)?;
         let registration = Registration { url: url.as_str().to_owned(), ..registration };
         if probe == Probe::Ask {
-            self.ask_slave(&registration.url).await.map_err(|why| {
+            self.inner.calls.availability(&registration.url).await.map_err(|why| {
                 RegisterError::BadUrl(format!("url `{}` does not answer as a slave: {why}", registration.url))
             })?;
             self.check_name_is_free(&registration).await?;
@@ -286,22 +285,6 @@ impl Cluster {
         Ok(row)
     }
 
-    /// `GET {url}/availability`, as a slave answers it: `Ok` with the instance it
-    /// names, `Err` with what it answered instead. A master answers 404 there.
-    async fn ask_slave(&self, url: &str) -> Result<Option<String>, String> {
-        let request =
-            self.inner.http.get(format!("{url}/availability")).timeout(self.inner.config.offer_timeout);
-        let response = request.send().await.map_err(|error| error.to_string())?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(format!("GET /availability answered {}", response.status()));
-        }
-        let availability: common::protocol::Availability = response
-            .json()
-            .await
-            .map_err(|error| format!("GET /availability answered no slave's body: {error}"))?;
-        Ok(availability.instance)
-    }
-
     /// SPEC §8: a name belongs to one live process. The current holder is asked at its
     /// URL: if it answers as the instance that registered (or, registered with none,
     /// as any other instance than this one), it is alive and the name is taken. A
@@ -314,7 +297,7 @@ impl Cluster {
         {
             return Ok(());
         }
-        let Ok(Some(answering)) = self.ask_slave(&holder.url).await else { return Ok(()) };
+        let Ok(Some(answering)) = self.inner.calls.availability(&holder.url).await else { return Ok(()) };
         let is_new_process = registration.instance.as_deref() == Some(answering.as_str());
         let is_holder = holder.instance.as_deref().is_none_or(|instance| instance == answering);
         if !is_new_process && is_holder {
@@ -473,40 +456,6 @@ impl Cluster {
         metrics.slaves_up.set(views.iter().filter(|v| v.state == SlaveState::Up).count() as i64);
         for view in views {
             metrics.slave_running.get_or_create(&SlaveLabel { slave: view.name }).set(view.running as i64);
-        }
-    }
-}
-
-/// Long-poll waiters per task. A std `Mutex`: sections are map operations, never awaits.
-#[derive(Default)]
-struct Waiters(Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>);
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Vec<oneshot::Sender<()>>>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn subscribe(&self, id: TaskId) -> oneshot::Receiver<()> {
-        let (sender, receiver) = oneshot::channel();
-        self.lock().entry(id).or_default().push(sender);
-        receiver
-    }
-
-    fn notify(&self, id: TaskId) {
-        let senders = self.lock().remove(&id);
-        for sender in senders.into_iter().flatten() {
-            let _ = sender.send(()); // a waiter that gave up is fine
-        }
-    }
-
-    /// Drops the senders of waiters that gave up (timed out or hung up).
-    fn forget_closed(&self, id: TaskId) {
-        let mut waiters = self.lock();
-        if let Some(senders) = waiters.get_mut(&id) {
-            senders.retain(|sender| !sender.is_closed());
-            if senders.is_empty() {
-                waiters.remove(&id);
-            }
         }
     }
 }

@@ -10,7 +10,6 @@ use std::{
 };
 
 use common::protocol::{Offer, Variables};
-use reqwest::StatusCode;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +19,7 @@ use crate::{
     ledger::{AssignFrom, LedgerError, TaskRow},
     metrics::Reason,
     model::{NewTask, SlaveId, TaskId},
+    slave_calls::Answer,
     slaves::Candidate,
 };
 
@@ -68,13 +68,6 @@ enum OfferOutcome {
     Gone,
 }
 
-/// A slave's answer to one offer.
-enum Answer {
-    Accepted,
-    Refused,
-    Unreachable(String),
-}
-
 impl Cluster {
     /// Submits a task (SPEC §4 `POST /tasks`): to the first slave in order with room; if
     /// none, 503 `full_capacity` with nothing stored, or pending in queue mode.
@@ -109,7 +102,7 @@ impl Cluster {
                 return Err(error.into());
             }
         };
-        self.inner.timers.start(id, first.id, 1, budget);
+        self.timers().start(id, first.id, 1, budget);
         tracing::Span::current().record("task_id", id.0);
         let offer = Offer {
             task_id: id.0,
@@ -122,7 +115,7 @@ impl Cluster {
         let submitted = match outcome {
             OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) if queue_mode => {
-                self.inner.timers.stop(id, last, 1);
+                self.timers().stop(id, last, 1);
                 self.ledger().unassign(id, last, 1, 0).await?;
                 self.wake_dispatcher();
                 Submitted::Queued { id }
@@ -132,7 +125,7 @@ impl Cluster {
                     Some(why) => SubmitError::Unreachable(why),
                     None => SubmitError::FullCapacity,
                 };
-                self.inner.timers.stop(id, last, 1);
+                self.timers().stop(id, last, 1);
                 if self.ledger().delete_refused_task(id, last).await? {
                     return Err(self.rejected(refusal));
                 }
@@ -148,13 +141,7 @@ impl Cluster {
     }
 
     fn rejected(&self, error: SubmitError) -> SubmitError {
-        let reason = match &error {
-            SubmitError::FullCapacity => "full_capacity",
-            SubmitError::NoSlaves | SubmitError::Unreachable(_) => "no_slaves",
-            SubmitError::QueueFull(_) => "queue_full",
-            SubmitError::ShuttingDown => "shutting_down",
-            SubmitError::Ledger(_) => "internal",
-        };
+        let reason = crate::api::ErrorCode::of_submit_error(&error).as_str();
         self.metrics().tasks_rejected.get_or_create(&Reason { reason }).inc();
         error
     }
@@ -185,7 +172,7 @@ impl Cluster {
         let mut unanswered = Some(Vec::new());
         let mut candidate = first;
         loop {
-            match self.offer(&candidate, offer).await {
+            match self.calls().offer(&candidate.name, &candidate.url, offer).await {
                 Answer::Accepted => {
                     tracing::Span::current().record("slave", candidate.name.as_str());
                     self.count_offer("accepted");
@@ -219,31 +206,13 @@ impl Cluster {
                 self.slaves().release(next.id);
                 return assigned.map(|_| OfferOutcome::Gone);
             }
-            self.inner.timers.start(id, next.id, offer.attempt, self.config().task_deadline(offer.delay_ms));
+            self.timers().start(id, next.id, offer.attempt, self.config().task_deadline(offer.delay_ms));
             candidate = next;
         }
     }
 
     fn count_offer(&self, answer: &'static str) {
         self.metrics().offers.get_or_create(&Reason { reason: answer }).inc();
-    }
-
-    /// One offer: 202 accepted, 409 refused, anything else (or silence past the offer
-    /// timeout) unreachable.
-    #[tracing::instrument(name = "offer", skip_all, fields(slave = %slave.name, task_id = offer.task_id))]
-    async fn offer(&self, slave: &Candidate, offer: &Offer) -> Answer {
-        let request = self
-            .inner
-            .http
-            .post(format!("{}/tasks", slave.url))
-            .timeout(self.config().offer_timeout)
-            .json(offer);
-        match self.config().token.authorize(request).send().await {
-            Ok(response) if response.status() == StatusCode::ACCEPTED => Answer::Accepted,
-            Ok(response) if response.status() == StatusCode::CONFLICT => Answer::Refused,
-            Ok(response) => Answer::Unreachable(format!("answered {}", response.status())),
-            Err(error) => Answer::Unreachable(error.to_string()),
-        }
     }
 
     /// The dispatcher: offers pending tasks, oldest first, whenever a slot may have
@@ -256,7 +225,7 @@ impl Cluster {
             }
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = self.inner.dispatch_wanted.notified() => {}
+                () = self.dispatch_wanted() => {}
                 Some(done) = offers.running.join_next_with_id() => offers.finished(done),
                 () = tokio::time::sleep(DISPATCH_TICK) => {}
             }
@@ -324,11 +293,11 @@ impl Cluster {
             self.slaves().release(slave.id);
             return assigned.map(|_| ());
         }
-        self.inner.timers.start(task.id, slave.id, attempt, budget);
+        self.timers().start(task.id, slave.id, attempt, budget);
         let offer = Offer { task_id: task.id.0, attempt, variables, expression: task.expression, delay_ms };
         match self.offer_in_order(&offer, slave, budget).await? {
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
-                self.inner.timers.stop(task.id, last, attempt);
+                self.timers().stop(task.id, last, attempt);
                 self.ledger().unassign(task.id, last, attempt, task.attempts).await?;
             }
             OfferOutcome::Taken(_) | OfferOutcome::Gone => {}

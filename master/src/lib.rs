@@ -25,8 +25,10 @@ pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod slave_calls;
 pub mod slaves;
 pub mod timers;
+pub mod waiters;
 
 use std::{io, net::SocketAddr, sync::Arc};
 

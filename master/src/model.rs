@@ -91,6 +91,27 @@ fn is_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Longest slave name accepted at registration.
+pub const MAX_SLAVE_NAME_CHARS: usize = 64;
+
+/// A slave's name: 1..=64 letters, digits, `-`, `_` or `.` (unique in the registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveName(String);
+
+impl SlaveName {
+    /// The only way in; `None` when the name breaks the rule.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let fits = !raw.is_empty()
+            && raw.chars().count() <= MAX_SLAVE_NAME_CHARS
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        fits.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A slave's base URL: `http(s)://host:port`, no credentials, path, query or fragment
 /// (SPEC §8), stored without a trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +222,16 @@ mod tests {
         assert_eq!(error, InvalidTask::BadVariableName("a b".into()));
         let error = NewTask::parse("x", vars(&[("x", f64::INFINITY)]), 0).unwrap_err();
         assert_eq!(error, InvalidTask::NonFiniteVariable("x".into()));
+    }
+
+    #[test]
+    fn slave_names_are_short_plain_words() {
+        assert_eq!(SlaveName::parse("slave-1.a_b").unwrap().as_str(), "slave-1.a_b");
+        assert!(SlaveName::parse("").is_none());
+        assert!(SlaveName::parse("a b").is_none());
+        assert!(SlaveName::parse("slave/1").is_none());
+        assert!(SlaveName::parse(&"a".repeat(64)).is_some());
+        assert!(SlaveName::parse(&"a".repeat(65)).is_none());
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::{cluster::RegisterError, dispatch::SubmitError, ledger::LedgerError};
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
-/// Every error code the API answers with.
+/// Every error code the API answers with. The body spells it through serde
+/// (`rename_all`); [`ErrorCode::as_str`] gives the same words for metric labels and a
+/// test holds the two together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -39,6 +41,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the test that holds serde and `as_str` together.
+    pub const ALL: [Self; 17] = [
+        Self::InvalidRequest,
+        Self::InvalidExpression,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::StaleAttempt,
+        Self::NameInUse,
+        Self::PayloadTooLarge,
+        Self::FullCapacity,
+        Self::NoSlaves,
+        Self::QueueFull,
+        Self::ShuttingDown,
+        Self::Unavailable,
+        Self::LedgerUnavailable,
+        Self::Internal,
+    ];
+
     /// The one place a status is chosen for an error.
     pub fn status(self) -> StatusCode {
         match self {
@@ -138,16 +161,28 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+impl ErrorCode {
+    /// The code a refused submission answers with; also the `reason` label of
+    /// `master_tasks_rejected_total`, so the two never disagree.
+    pub fn of_submit_error(error: &SubmitError) -> Self {
+        match error {
+            SubmitError::Ledger(LedgerError::Unavailable(_) | LedgerError::Closed) => Self::LedgerUnavailable,
+            SubmitError::Ledger(_) => Self::Internal,
+            SubmitError::FullCapacity => Self::FullCapacity,
+            SubmitError::NoSlaves | SubmitError::Unreachable(_) => Self::NoSlaves,
+            SubmitError::QueueFull(_) => Self::QueueFull,
+            SubmitError::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
-        let code = match error {
-            SubmitError::Ledger(error) => return error.into(),
-            SubmitError::FullCapacity => ErrorCode::FullCapacity,
-            SubmitError::NoSlaves | SubmitError::Unreachable(_) => ErrorCode::NoSlaves,
-            SubmitError::QueueFull(_) => ErrorCode::QueueFull,
-            SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
-        };
-        Self::new(code, error.to_string())
+        let code = ErrorCode::of_submit_error(&error);
+        match error {
+            SubmitError::Ledger(error) => error.into(),
+            refused => Self::new(code, refused.to_string()),
+        }
     }
 }
 
@@ -203,9 +238,10 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_written_in_snake_case() {
+    fn codes_are_written_in_snake_case_the_same_in_bodies_and_labels() {
         assert_eq!(ErrorCode::FullCapacity.as_str(), "full_capacity");
-        let json = serde_json::to_value(ErrorCode::InvalidExpression).unwrap();
-        assert_eq!(json, "invalid_expression");
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str(), "{code:?}");
+        }
     }
 }

@@ -77,7 +77,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        cluster::{MAX_SLAVE_CAPACITY, MAX_SLAVE_NAME_CHARS},
+        cluster::MAX_SLAVE_CAPACITY,
+        model::MAX_SLAVE_NAME_CHARS,
         model::{MAX_DELAY_MS, MAX_VARIABLE_NAME_CHARS, MAX_VARIABLES},
     };
 

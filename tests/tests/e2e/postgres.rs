@@ -86,8 +86,11 @@ async fn postgres_stopped_and_started_under_sixteen_clients_answers_503_then_res
         })
         .await;
         assert_eq!(health["error"], "ledger_unavailable", "{health}");
+        // With every slot held by a task whose result cannot be recorded yet, a
+        // submission may meet full capacity before it would write: both store nothing.
         let submitted = cluster.submit("1+1", 0).await;
-        assert_eq!(submitted.status_and_code(), (503, "ledger_unavailable"), "{:?}", submitted.body);
+        let (status, code) = submitted.status_and_code();
+        assert!(status == 503 && matches!(code, "ledger_unavailable" | "full_capacity"), "{:?}", submitted.body);
         let during = cluster.http.get(&cluster.url("/tasks")).await;
         assert_eq!(during.status_and_code(), (503, "ledger_unavailable"), "{:?}", during.body);
         server.pg_ctl(&["start"]).await.expect("start PostgreSQL again");

@@ -90,7 +90,11 @@ async fn postgres_stopped_and_started_under_sixteen_clients_answers_503_then_res
         // submission may meet full capacity before it would write: both store nothing.
         let submitted = cluster.submit("1+1", 0).await;
         let (status, code) = submitted.status_and_code();
-        assert!(status == 503 && matches!(code, "ledger_unavailable" | "full_capacity"), "{:?}", submitted.body);
+        assert!(
+            status == 503 && matches!(code, "ledger_unavailable" | "full_capacity"),
+            "{:?}",
+            submitted.body
+        );
         let during = cluster.http.get(&cluster.url("/tasks")).await;
         assert_eq!(during.status_and_code(), (503, "ledger_unavailable"), "{:?}", during.body);
         server.pg_ctl(&["start"]).await.expect("start PostgreSQL again");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ledger::{
     AssignFrom, Cancellation, Counts, HeldTask, LedgerError, Outcome, Requeue, ResultRecording, SlaveId,
-    Submission, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded, lost_too_often,
-    outcome_columns,
+    Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
+    lost_too_often, outcome_columns,
 };
 use sqlx::PgExecutor;
 
@@ -302,6 +302,41 @@ impl PgLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)
+    }
+
+    /// A task's history, oldest first; `None` when there is no such task. One
+    /// statement, so the existence check and the events are one snapshot.
+    pub(crate) async fn task_events(&self, id: TaskId) -> Result<Option<Vec<TaskEvent>>, LedgerError> {
+        let rows = sqlx::query!(
+            r#"SELECT e.id AS "id?", rfc3339(e.at) AS "at?: Timestamp", e.kind AS "kind?",
+                      e.slave_id AS "slave_id?: SlaveId", s.name AS "slave_name?", e.detail AS "detail?"
+                 FROM tasks t
+                 LEFT JOIN task_events e ON e.task_id = t.id
+                 LEFT JOIN slaves s ON s.id = e.slave_id
+                WHERE t.id = $1 ORDER BY e.id"#,
+            id.0
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        // A task without events yet comes back as one row of NULLs.
+        let events = rows
+            .into_iter()
+            .filter_map(|row| {
+                Some(TaskEvent {
+                    id: row.id?,
+                    at: row.at?,
+                    kind: row.kind?,
+                    slave_id: row.slave_id,
+                    slave_name: row.slave_name,
+                    detail: row.detail,
+                })
+            })
+            .collect();
+        Ok(Some(events))
     }
 
     pub(crate) async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {

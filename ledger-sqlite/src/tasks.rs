@@ -5,7 +5,8 @@ use std::time::Duration;
 use common::protocol::Outcome;
 use ledger::{
     AssignFrom, Cancellation, Counts, HeldTask, LedgerError, Requeue, ResultRecording, SlaveId, Submission,
-    TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded, lost_too_often, outcome_columns,
+    TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded, lost_too_often,
+    outcome_columns,
 };
 use sqlx::SqliteConnection;
 
@@ -378,6 +379,30 @@ impl SqliteLedger {
         )
         .fetch_all(&self.reads)
         .await?)
+    }
+
+    /// A task's history, oldest first (one read transaction, so the existence check and
+    /// the events agree); `None` when there is no such task.
+    pub(crate) async fn task_events(&self, id: TaskId) -> Result<Option<Vec<TaskEvent>>, LedgerError> {
+        let mut read = self.reads.begin().await?;
+        let known =
+            sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1) AS "known!: bool""#, id)
+                .fetch_one(&mut *read)
+                .await?;
+        if !known {
+            return Ok(None);
+        }
+        let events = sqlx::query_as!(
+            TaskEvent,
+            r#"SELECT e.id AS "id!", e.at AS "at: Timestamp", e.kind, e.slave_id AS "slave_id: SlaveId",
+                      s.name AS "slave_name?", e.detail
+                 FROM task_events e LEFT JOIN slaves s ON s.id = e.slave_id
+                WHERE e.task_id = ?1 ORDER BY e.id"#,
+            id
+        )
+        .fetch_all(&mut *read)
+        .await?;
+        Ok(Some(events))
     }
 
     /// In-progress tasks held by `slave`.

@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             a_slave_holding_a_task_is_not_deleted_and_slave_ids_are_never_reused,
             pages_of_tasks_follow_the_filter_and_the_cursor,
             timestamps_are_rfc3339_utc,
+            a_tasks_history_lists_every_change_in_order,
             the_health_probe_commits,
         );
     };
@@ -398,4 +399,31 @@ pub async fn timestamps_are_rfc3339_utc<E: Engine>(ledger: &E) {
 pub async fn the_health_probe_commits<E: Engine>(ledger: &E) {
     ledger.probe_writable().await.expect("a fresh ledger is writable");
     ledger.probe_writable().await.expect("and stays so");
+}
+
+pub async fn a_tasks_history_lists_every_change_in_order<E: Engine>(ledger: &E) {
+    let one = slave(ledger, "one").await;
+    let two = slave(ledger, "two").await;
+    let id = running(ledger, one).await;
+    ledger.requeue_lost(id, one, 1, 3, "one went silent".to_owned()).await.unwrap();
+    assert!(ledger.assign(id, AssignFrom::Pending { attempts: 2 }, two, 2, DEADLINE).await.unwrap());
+    ledger.record_result(id, two, 2, Outcome::Value(2.0)).await.unwrap();
+    let events = ledger.task_events(id).await.unwrap().expect("the task exists");
+    let story: Vec<_> =
+        events.iter().map(|e| (e.kind.as_str(), e.slave_name.as_deref(), e.detail.as_deref())).collect();
+    assert_eq!(
+        story,
+        [
+            ("submitted", None, None),
+            ("assigned", Some("one"), Some("attempt 1")),
+            ("requeued", Some("one"), Some("one went silent")),
+            ("assigned", Some("two"), Some("attempt 2")),
+            ("done", Some("two"), None),
+        ]
+    );
+    assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id && pair[0].at <= pair[1].at));
+    let fresh = pending(ledger, "1").await;
+    let submitted = ledger.task_events(fresh).await.unwrap().expect("exists");
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(ledger.task_events(TaskId(fresh.0 + 1000)).await.unwrap(), None);
 }

@@ -239,6 +239,20 @@ pub struct HeldTask {
     pub delay_ms: i64,
 }
 
+/// One entry of a task's history (`task_events`), with its slave's name if it still
+/// exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEvent {
+    pub id: i64,
+    pub at: Timestamp,
+    /// `submitted`, `assigned`, `unassigned`, `requeued`, `done`, `failed`, `cancelled`.
+    pub kind: String,
+    pub slave_id: Option<SlaveId>,
+    pub slave_name: Option<String>,
+    /// Why, in words (a requeue's reason, a failure's error, the attempt assigned).
+    pub detail: Option<String>,
+}
+
 /// Tasks by status, as in `GET /tasks` `counts`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
@@ -427,6 +441,8 @@ pub trait Engine {
     async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError>;
     /// In-progress tasks held by `slave`.
     async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError>;
+    /// A task's history, oldest first; `None` when there is no such task.
+    async fn task_events(&self, id: TaskId) -> Result<Option<Vec<TaskEvent>>, LedgerError>;
 
     /// Registers a slave, or re-registers a known name keeping its id and position.
     async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError>;
@@ -531,6 +547,12 @@ macro_rules! engine_by_inherent_methods {
                 slave: $crate::SlaveId,
             ) -> Result<Vec<$crate::HeldTask>, $crate::LedgerError> {
                 Self::in_progress_on(self, slave).await
+            }
+            async fn task_events(
+                &self,
+                id: $crate::TaskId,
+            ) -> Result<Option<Vec<$crate::TaskEvent>>, $crate::LedgerError> {
+                Self::task_events(self, id).await
             }
             async fn register_slave(
                 &self,

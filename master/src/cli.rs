@@ -28,7 +28,7 @@ pub enum Command {
     /// List tasks, oldest first.
     Tasks(TasksArgs),
     /// Show one task.
-    Task(TaskArgs),
+    Task(ShowArgs),
     /// Cancel a pending or in-progress task.
     Cancel(TaskArgs),
     /// List slaves in registration order.
@@ -188,7 +188,19 @@ pub struct TasksArgs {
     pub client: ClientArgs,
 }
 
-/// `master task ID` / `master cancel ID`.
+/// `master task ID`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Task id.
+    pub id: i64,
+    /// Also print the task's history (`GET /tasks/{id}/events`): every state change.
+    #[arg(long)]
+    pub events: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `master cancel ID`.
 #[derive(Debug, Args)]
 pub struct TaskArgs {
     /// Task id.

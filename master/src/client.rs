@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::cli::{ClientArgs, SubmitArgs, TaskArgs, TasksArgs};
+use crate::cli::{ClientArgs, ShowArgs, SubmitArgs, TaskArgs, TasksArgs};
 
 /// Longest single long poll while `submit --wait` waits.
 const WAIT_STEP_SECONDS: u64 = 30;
@@ -163,12 +163,30 @@ async fn print_tasks(client: &Client, query: &[(&str, String)]) -> Result<(), Cl
     Ok(())
 }
 
-/// `master task ID`.
-pub async fn task(args: TaskArgs) -> Result<(), ClientError> {
+/// `master task ID [--events]`; with `--json` and `--events`, one object
+/// `{"task": ..., "events": [...]}`.
+pub async fn task(args: ShowArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
     let task = client.get(&format!("/tasks/{}", args.id)).await?;
-    client.print(&task, task_table);
+    if !args.events {
+        client.print(&task, task_table);
+        return Ok(());
+    }
+    let history = client.get(&format!("/tasks/{}/events", args.id)).await?;
+    let both = json!({"task": task, "events": history["events"]});
+    client.print(&both, |both| format!("{}\n{}", task_table(&both["task"]), events_table(&both["events"])));
     Ok(())
+}
+
+/// A task's events, oldest first.
+fn events_table(events: &Value) -> String {
+    let rows: Vec<Vec<String>> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| vec![text(&e["at"]), text(&e["kind"]), text(&e["slave"]["name"]), text(&e["detail"])])
+        .collect();
+    table(&["AT", "EVENT", "SLAVE", "DETAIL"], &rows)
 }
 
 /// `master cancel ID`.

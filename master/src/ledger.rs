@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 pub use ledger::{
     AssignFrom, Cancellation, Counts, Engine, HeldTask, LedgerError, Requeue, ResultRecording, SlaveDeletion,
-    SlaveRow, Submission, TaskFilter, TaskRow,
+    SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
 };
 use ledger::{Outcome, Registration};
 use ledger_postgres::PgLedger;
@@ -188,6 +188,10 @@ impl Ledger {
 
     pub async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
         on_engine!(self, engine => engine.in_progress_on(slave).await)
+    }
+
+    pub async fn task_events(&self, id: TaskId) -> Result<Option<Vec<TaskEvent>>, LedgerError> {
+        on_engine!(self, engine => engine.task_events(id).await)
     }
 
     pub async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError> {

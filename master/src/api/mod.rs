@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks", post(tasks::submit).get(tasks::list))
         .route("/get-tasks", get(tasks::list_alias))
         .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/events", get(tasks::events))
         .route("/slaves", get(slaves::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))

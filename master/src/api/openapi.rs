@@ -26,6 +26,7 @@ use super::{health, slaves, tasks};
         tasks::list,
         tasks::list_alias,
         tasks::show,
+        tasks::events,
         tasks::cancel,
         tasks::record_result,
         slaves::register,

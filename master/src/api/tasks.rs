@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{ApiError, AppState, ErrorCode, Json, Path, Query};
 use crate::{
     dispatch::Submitted,
-    ledger::{Cancellation, Counts, ResultRecording, TaskFilter, TaskRow},
+    ledger::{Cancellation, Counts, ResultRecording, TaskEvent, TaskFilter, TaskRow},
     model::{NewTask, SlaveId, TaskId, TaskStatus, Timestamp},
 };
 
@@ -302,6 +302,60 @@ pub async fn show(
     let task = state.cluster.task_when_final(TaskId(id), Duration::from_secs_f64(wait)).await?;
     let task = task.ok_or_else(|| ApiError::task_not_found(id))?;
     Ok(Json(TaskView::try_from(task)?))
+}
+
+/// One entry of a task's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// Increasing: the order things happened in.
+    pub id: i64,
+    pub at: Timestamp,
+    /// `submitted` (with a slave: assigned to it at once, attempt 1), `assigned`,
+    /// `unassigned` (no slave took the offer), `requeued`, `done`, `failed`, `cancelled`.
+    #[schema(example = "requeued")]
+    pub kind: String,
+    /// The slave it concerns, while that slave is registered.
+    pub slave: Option<SlaveRef>,
+    /// Why, in words: the attempt assigned, a requeue's reason, a failure's error.
+    pub detail: Option<String>,
+}
+
+impl From<TaskEvent> for EventView {
+    fn from(event: TaskEvent) -> Self {
+        let slave = event.slave_id.zip(event.slave_name).map(|(id, name)| SlaveRef { id, name });
+        Self { id: event.id, at: event.at, kind: event.kind, slave, detail: event.detail }
+    }
+}
+
+/// `GET /tasks/{id}/events` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskEvents {
+    pub task_id: TaskId,
+    /// Oldest first.
+    pub events: Vec<EventView>,
+}
+
+/// A task's whole story from the ledger's `task_events`: every state change, in order.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/events",
+    operation_id = "task_events",
+    tag = "tasks",
+    params(("id" = i64, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task's events, oldest first", body = TaskEvents),
+        (status = 400, description = "`invalid_request`: a bad id", body = ApiError),
+        (status = 404, description = "`not_found`: no such task", body = ApiError),
+        (status = 503, description = "`ledger_unavailable`: the ledger cannot be read now", body = ApiError),
+    ),
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskEvents>, ApiError> {
+    let events =
+        state.cluster.ledger().task_events(TaskId(id)).await?.ok_or_else(|| ApiError::task_not_found(id))?;
+    Ok(Json(TaskEvents { task_id: TaskId(id), events: events.into_iter().map(EventView::from).collect() }))
 }
 
 /// Cancel a pending or in-progress task; the slave holding it is told to drop it.

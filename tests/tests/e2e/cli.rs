@@ -76,3 +76,19 @@ fn completions_are_generated_for_bash() {
     assert!(output.status.success());
     assert!(stdout(&output).contains("submit"), "the script completes subcommands");
 }
+
+#[tokio::test]
+async fn task_events_prints_the_history_as_a_table_and_as_json() {
+    let cluster = Cluster::start(&[1]).await;
+    let id = cluster.submit("1+1", 0).await.body["id"].as_i64().expect("an id");
+    cluster.wait_final(id).await;
+    let output = master_cli(&cluster, &["task", &id.to_string(), "--events", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let both: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(both["task"]["id"], id);
+    assert_eq!(both["events"].as_array().map(Vec::len), Some(2), "{both}");
+    let output = master_cli(&cluster, &["task", &id.to_string(), "--events"]);
+    let table = stdout(&output);
+    assert!(table.lines().any(|line| line.starts_with("AT") && line.contains("EVENT")), "{table}");
+    assert!(table.lines().any(|line| line.contains("done") && line.contains("slave-1")), "{table}");
+}

@@ -183,3 +183,32 @@ cluster_tests::on_both_engines! {
         assert_eq!(reply.body["message"], "Task successfully assigned to slave-1");
     }
 }
+
+cluster_tests::on_both_engines! {
+    async fn a_tasks_events_tell_its_story_in_order_and_an_unknown_task_is_404() {
+        let cluster = Cluster::start(&[1]).await;
+        let reply = cluster.submit("6*7", 0).await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        let id = reply.body["id"].as_i64().expect("an id");
+        cluster.wait_final(id).await;
+
+        let reply = cluster.http.get(&cluster.url(&format!("/tasks/{id}/events"))).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["task_id"], id);
+        let events = reply.body["events"].as_array().expect("events");
+        let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
+        assert_eq!(kinds, ["submitted", "done"]);
+        assert!(events.iter().all(|e| e["slave"]["name"] == "slave-1"), "{events:?}");
+        let times: Vec<_> = events
+            .iter()
+            .map(|e| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().expect("at")).expect("RFC 3339"))
+            .collect();
+        assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "{times:?}");
+        assert!(events.windows(2).all(|pair| pair[0]["id"].as_i64() < pair[1]["id"].as_i64()));
+
+        let unknown = cluster.http.get(&cluster.url(&format!("/tasks/{}/events", id + 1000))).await;
+        assert_eq!(unknown.status_and_code(), (404, "not_found"), "{:?}", unknown.body);
+        let bad = cluster.http.get(&cluster.url("/tasks/x/events")).await;
+        assert_eq!(bad.status_and_code(), (400, "invalid_request"), "{:?}", bad.body);
+    }
+}

@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/slaves/{id}/heartbeat", &["post"]),
     ("/tasks", &["get", "post"]),
     ("/tasks/{id}", &["delete", "get"]),
+    ("/tasks/{id}/events", &["get"]),
     ("/tasks/{id}/result", &["post"]),
 ];
 

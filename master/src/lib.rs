@@ -10,11 +10,10 @@
 //! - `api`      — thin axum handlers: parse, call, map the error (SPEC §4).
 //! - `dashboard` — the live page at `GET /` (SPEC §9), embedded in the binary.
 //! - `config`   — validated `master serve` settings; `cli` — the command line;
-//!   `client` — the client subcommands; `bench` — the load generator (SPEC §10);
+//!   `client` — the client subcommands (the load generator is the `master-bench` crate);
 //!   `metrics` — Prometheus.
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -346,7 +346,8 @@ pub struct TaskEvents {
         (status = 200, description = "The task's events, oldest first", body = TaskEvents),
         (status = 400, description = "`invalid_request`: a bad id", body = ApiError),
         (status = 404, description = "`not_found`: no such task", body = ApiError),
-        (status = 503, description = "`ledger_unavailable`: the ledger cannot be read now", body = ApiError),
+        (status = 503, description = "`ledger_unavailable`: the ledger cannot be read now", body = ApiError,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     ),
 )]
 pub async fn events(

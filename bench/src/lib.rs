@@ -1,7 +1,8 @@
-//! `master bench WORKLOAD`: a load generator that drives a real cluster through the
+//! `master bench WORKLOAD` (the `master-bench` crate): a load generator that drives a real cluster through the
 //! public HTTP API only (SPEC §4, §10). BENCHMARKS.md has the command of each workload
 //! and the figures measured with it.
 //!
+//! - `args`       — the command line (`BenchArgs`), embedded by the master's CLI.
 //! - `cluster`    — the cluster under load: a local one started from the real binaries
 //!   (master child, optionally slave children; peak RSS from `/proc`), or `--master URL`.
 //! - `api`        — the HTTP calls the workloads make, over one keep-alive pool.
@@ -19,6 +20,7 @@
 //! addresses are ever targets.
 
 mod api;
+mod args;
 mod cluster;
 mod flood;
 mod ledger_scale;
@@ -37,10 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::cluster::{Cluster, LocalSpec};
 pub use self::{report::Report, stats::Percentiles};
-use crate::{
-    cli::{BenchArgs, Workload},
-    config::WhenFull,
-};
+pub use crate::args::{BenchArgs, WhenFull, Workload};
 
 /// Longest single HTTP request (long polls ask for at most [`LONG_POLL`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

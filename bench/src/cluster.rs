@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{BenchError, api::Api};
-use crate::config::WhenFull;
+use crate::WhenFull;
 
 /// How long a child may take to print its `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -3,18 +3,21 @@
 
 use std::{fmt::Write as _, time::Duration};
 
+use common::protocol::Variables;
+use master_client::{MasterClient, Submitted, Task};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cli::{ClientArgs, ShowArgs, SubmitArgs, TaskArgs, TasksArgs};
 
 /// Longest single long poll while `submit --wait` waits.
-const WAIT_STEP_SECONDS: u64 = 30;
+const WAIT_STEP: Duration = Duration::from_secs(30);
 
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the master: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     #[error("{status}: {code}: {message}")]
     Api { status: u16, code: String, message: String },
     #[error("{0}")]
@@ -23,53 +26,38 @@ pub enum ClientError {
     TaskFailed { id: i64, status: String, error: String },
 }
 
+impl From<master_client::ClientError> for ClientError {
+    fn from(error: master_client::ClientError) -> Self {
+        match error {
+            master_client::ClientError::Http(error) => Self::Http(error),
+            master_client::ClientError::Api { status, code, message, .. } => {
+                Self::Api { status, code, message }
+            }
+        }
+    }
+}
+
+/// The typed API client, and how to print what it read.
 struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: common::auth::Token,
+    api: MasterClient,
     json: bool,
 }
 
 impl Client {
     fn new(args: &ClientArgs) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(WAIT_STEP_SECONDS + 15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self {
-            http,
-            base: args.master.trim_end_matches('/').to_owned(),
-            token: common::auth::Token::from_flag_or_file(args.token.clone(), args.token_file.as_deref())
-                .map_err(ClientError::Config)?,
-            json: args.json,
-        })
+        let token = common::auth::Token::from_flag_or_file(args.token.clone(), args.token_file.as_deref())
+            .map_err(ClientError::Config)?;
+        let api = MasterClient::new(&args.master, token, &master_client::Options::default())?;
+        Ok(Self { api, json: args.json })
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let response = self.token.authorize(request).send().await?;
-        let status = response.status();
-        let body: Value =
-            if status == reqwest::StatusCode::NO_CONTENT { Value::Null } else { response.json().await? };
-        if status.is_success() {
-            return Ok(body);
-        }
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code: text(&body["error"]),
-            message: text(&body["message"]),
-        })
-    }
-
-    async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.call(self.http.get(format!("{}{path}", self.base))).await
-    }
-
-    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
+    /// The API's JSON with `--json`, else the table `human` draws from it.
+    fn print(&self, value: &impl Serialize, human: impl FnOnce(&Value) -> String) {
+        let value = serde_json::to_value(value).unwrap_or_default();
         if self.json {
             println!("{value}");
         } else {
-            print!("{}", human(value));
+            print!("{}", human(&value));
         }
     }
 }
@@ -77,22 +65,14 @@ impl Client {
 /// `master submit`.
 pub async fn submit(args: SubmitArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
-    let variables: serde_json::Map<String, Value> =
-        args.vars.into_iter().map(|(name, value)| (name, json!(value))).collect();
-    let body = json!({ "expression": args.expression, "variables": variables, "delay_ms": args.delay_ms });
-    let submitted = client.call(client.http.post(format!("{}/tasks", client.base)).json(&body)).await?;
+    let variables: Variables = args.vars.into_iter().collect();
+    let submitted = client.api.submit(&args.expression, &variables, args.delay_ms).await?;
     if !args.wait {
         client.print(&submitted, |v| format!("task {}: {}\n", v["id"], text(&v["message"])));
         return Ok(());
     }
     let spinner = waiting_spinner(client.json, &submitted);
-    let id = submitted["id"].as_i64().unwrap_or_default();
-    let task = loop {
-        let task = client.get(&format!("/tasks/{id}?wait={WAIT_STEP_SECONDS}")).await?;
-        if matches!(task["status"].as_str(), Some("done" | "failed" | "cancelled")) {
-            break task;
-        }
-    };
+    let task = client.api.wait_final(submitted.id, WAIT_STEP).await?;
     spinner.finish_and_clear();
     client.print(&task, task_table);
     finished_ok(&task)
@@ -100,45 +80,32 @@ pub async fn submit(args: SubmitArgs) -> Result<(), ClientError> {
 
 /// A spinner on stderr while `submit --wait` waits; hidden for `--json` and when stderr
 /// is not a terminal (indicatif draws nothing then), so scripts see clean output.
-fn waiting_spinner(json: bool, submitted: &Value) -> indicatif::ProgressBar {
+fn waiting_spinner(json: bool, submitted: &Submitted) -> indicatif::ProgressBar {
     let spinner = if json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
-    spinner.set_message(format!(
-        "task {}: {}; waiting for the result",
-        submitted["id"],
-        text(&submitted["message"])
-    ));
+    spinner.set_message(format!("task {}: {}; waiting for the result", submitted.id, submitted.message));
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner
 }
 
-fn finished_ok(task: &Value) -> Result<(), ClientError> {
-    match task["status"].as_str() {
-        Some("done") => Ok(()),
-        other => Err(ClientError::TaskFailed {
-            id: task["id"].as_i64().unwrap_or_default(),
-            status: other.unwrap_or("unknown").to_owned(),
-            error: text(&task["error"]),
-        }),
+fn finished_ok(task: &Task) -> Result<(), ClientError> {
+    if task.status == "done" {
+        return Ok(());
     }
+    let error = task.error.clone().unwrap_or_else(|| "-".to_owned());
+    Err(ClientError::TaskFailed { id: task.id, status: task.status.clone(), error })
 }
 
 /// `master tasks`, once or (`--watch`) redrawn every `--interval` until ctrl-c.
 pub async fn tasks(args: TasksArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
-    let mut query = vec![("limit", args.limit.to_string())];
-    if let Some(status) = &args.status {
-        query.push(("status", status.clone()));
-    }
-    if let Some(after) = args.after {
-        query.push(("after", after.to_string()));
-    }
+    let query = (args.status.as_deref(), args.after, args.limit);
     if !args.watch {
-        return print_tasks(&client, &query).await;
+        return print_tasks(&client, query).await;
     }
     loop {
         // Clear the screen and home the cursor, then redraw: a plain `watch`-style view.
         print!("\x1b[2J\x1b[H");
-        print_tasks(&client, &query).await?;
+        print_tasks(&client, query).await?;
         tokio::select! {
             () = tokio::time::sleep(args.interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -146,9 +113,12 @@ pub async fn tasks(args: TasksArgs) -> Result<(), ClientError> {
     }
 }
 
-async fn print_tasks(client: &Client, query: &[(&str, String)]) -> Result<(), ClientError> {
-    let request = client.http.get(format!("{}/tasks", client.base)).query(query);
-    let list = client.call(request).await?;
+/// One page: `(status, after, limit)` as given on the command line.
+async fn print_tasks(
+    client: &Client,
+    (status, after, limit): (Option<&str>, Option<i64>, i64),
+) -> Result<(), ClientError> {
+    let list = client.api.tasks(status, after, limit).await?;
     client.print(&list, |list| {
         let rows: Vec<Vec<String>> = list["tasks"].as_array().into_iter().flatten().map(task_row).collect();
         let mut out = table(&["ID", "STATUS", "EXPRESSION", "RESULT", "SLAVE", "ATTEMPTS"], &rows);
@@ -167,13 +137,13 @@ async fn print_tasks(client: &Client, query: &[(&str, String)]) -> Result<(), Cl
 /// `{"task": ..., "events": [...]}`.
 pub async fn task(args: ShowArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
-    let task = client.get(&format!("/tasks/{}", args.id)).await?;
+    let task = client.api.task(args.id, Duration::ZERO).await?;
     if !args.events {
         client.print(&task, task_table);
         return Ok(());
     }
-    let history = client.get(&format!("/tasks/{}/events", args.id)).await?;
-    let both = json!({"task": task, "events": history["events"]});
+    let events = client.api.task_events(args.id).await?;
+    let both = json!({"task": task, "events": events});
     client.print(&both, |both| format!("{}\n{}", task_table(&both["task"]), events_table(&both["events"])));
     Ok(())
 }
@@ -192,7 +162,7 @@ fn events_table(events: &Value) -> String {
 /// `master cancel ID`.
 pub async fn cancel(args: TaskArgs) -> Result<(), ClientError> {
     let client = Client::new(&args.client)?;
-    let task = client.call(client.http.delete(format!("{}/tasks/{}", client.base, args.id))).await?;
+    let task = client.api.cancel(args.id).await?;
     client.print(&task, task_table);
     Ok(())
 }
@@ -200,7 +170,7 @@ pub async fn cancel(args: TaskArgs) -> Result<(), ClientError> {
 /// `master slaves`.
 pub async fn slaves(args: ClientArgs) -> Result<(), ClientError> {
     let client = Client::new(&args)?;
-    let list = client.get("/slaves").await?;
+    let list = json!({ "slaves": client.api.slaves().await? });
     client.print(&list, |list| {
         let rows: Vec<Vec<String>> = list["slaves"]
             .as_array()

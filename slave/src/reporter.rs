@@ -4,14 +4,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use common::{
-    auth::Token,
-    protocol::{Heartbeat, Outcome, Registered, Registration, ResultReport},
-};
+use common::protocol::{Heartbeat, Outcome, Registration, ResultReport};
+use master_client::{ClientError, MasterClient};
 
 use crate::{SlaveConfig, metrics::SlaveMetrics, slots::Slots};
 
@@ -36,10 +33,8 @@ pub struct Reporter {
 }
 
 struct Inner {
-    http: reqwest::Client,
-    master_url: String,
+    master: MasterClient,
     registration: Registration,
-    token: Token,
     /// The id the master gave this slave; `None` until the first registration succeeds.
     slave_id: watch::Sender<Option<i64>>,
     slots: Arc<Slots>,
@@ -79,10 +74,8 @@ impl Reporter {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                http: http_client()?,
-                master_url: config.master_url.trim_end_matches('/').to_owned(),
+                master: MasterClient::with_http(&config.master_url, config.token.clone(), http_client()?),
                 registration,
-                token: config.token.clone(),
                 slave_id: watch::Sender::new(None),
                 slots,
                 metrics,
@@ -106,19 +99,18 @@ impl Reporter {
                     () = stop.cancelled() => return,
                 }
                 match self.heartbeat(id).await {
-                    Ok(status) if status.is_success() => {}
-                    Ok(StatusCode::NOT_FOUND) => {
+                    Ok(()) => {}
+                    Err(error) if error.status() == Some(404) => {
                         tracing::warn!(slave_id = id, "master does not know this slave; registering again");
                         break;
                     }
-                    Ok(StatusCode::CONFLICT) => {
+                    Err(error) if error.status() == Some(409) => {
                         // Another process registered under this name while this one was
                         // taken for down: it owns the name now (SPEC §8).
                         tracing::error!(slave_id = id, name = %self.inner.registration.name,
                             "another process took over this slave name; registering again");
                         break;
                     }
-                    Ok(status) => tracing::warn!(%status, "heartbeat refused"),
                     Err(error) => tracing::warn!(%error, "heartbeat failed"),
                 }
             }
@@ -128,15 +120,15 @@ impl Reporter {
     async fn register_until_accepted(&self, stop: &CancellationToken) -> Option<i64> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.register().await {
+            match self.inner.master.register(&self.inner.registration).await {
                 Ok(registered) => {
-                    tracing::info!(slave_id = registered.id, position = registered.position, master = %self.inner.master_url, "registered");
+                    tracing::info!(slave_id = registered.id, position = registered.position, master = %self.inner.master.base(), "registered");
                     self.inner.slave_id.send_replace(Some(registered.id));
                     self.inner.slots.start_accepting();
                     return Some(registered.id);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, master = %self.inner.master_url, "registration failed; retrying")
+                    tracing::warn!(%error, master = %self.inner.master.base(), "registration failed; retrying")
                 }
             }
             tokio::select! {
@@ -147,28 +139,14 @@ impl Reporter {
         }
     }
 
-    async fn register(&self) -> anyhow::Result<Registered> {
-        let url = format!("{}/slaves", self.inner.master_url);
-        let request = self.inner.token.authorize(self.inner.http.post(url).json(&self.inner.registration));
-        let response = request.send().await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            anyhow::bail!("master answered {status}: {body}");
-        }
-        Ok(response.json().await?)
-    }
-
-    async fn heartbeat(&self, id: i64) -> reqwest::Result<StatusCode> {
-        let url = format!("{}/slaves/{id}/heartbeat", self.inner.master_url);
+    async fn heartbeat(&self, id: i64) -> Result<(), ClientError> {
         let slots = &self.inner.slots;
         let body = Heartbeat {
             running: slots.held_ids(),
             draining: slots.is_stopping(),
             instance: self.inner.registration.instance.clone(),
         };
-        let request = self.inner.token.authorize(self.inner.http.post(url).json(&body));
-        Ok(request.send().await?.status())
+        self.inner.master.heartbeat(id, &body).await
     }
 
     /// A heartbeat now, out of turn: at shutdown, so the master learns at once that this
@@ -185,7 +163,6 @@ impl Reporter {
     /// Reports a task's outcome, retrying with backoff until the master records it (2xx)
     /// or says the task is not this slave's any more (403, 404, 409).
     pub async fn deliver_result(&self, task_id: i64, attempt: i64, outcome: Outcome) {
-        let url = format!("{}/tasks/{task_id}/result", self.inner.master_url);
         let mut registered = self.inner.slave_id.subscribe();
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -194,14 +171,12 @@ impl Reporter {
                 Err(_) => return, // the reporter is gone: the slave is shutting down
             };
             let report = ResultReport { slave_id, attempt, outcome: outcome.clone() };
-            let request = self.inner.token.authorize(self.inner.http.post(&url).json(&report));
-            match request.send().await.map(|response| response.status()) {
-                Ok(status) if status.is_success() => return,
-                Ok(StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
-                    tracing::info!(task_id, attempt, "master no longer wants this result");
+            match self.inner.master.report_result(task_id, &report).await {
+                Ok(()) => return,
+                Err(error) if matches!(error.status(), Some(403 | 404 | 409)) => {
+                    tracing::info!(task_id, attempt, %error, "master no longer wants this result");
                     return;
                 }
-                Ok(status) => tracing::warn!(task_id, %status, "result refused; retrying"),
                 Err(error) => tracing::warn!(task_id, %error, "result not delivered; retrying"),
             }
             self.inner.metrics.result_retries.inc();

@@ -212,3 +212,35 @@ cluster_tests::on_both_engines! {
         assert_eq!(bad.status_and_code(), (400, "invalid_request"), "{:?}", bad.body);
     }
 }
+
+cluster_tests::on_both_engines! {
+    async fn the_typed_client_reads_every_answer_exactly_as_the_master_writes_it() {
+        let cluster = Cluster::start(&[1]).await;
+        let client = master_client::MasterClient::new(
+            &cluster.master.url,
+            common::auth::Token::default(),
+            &master_client::Options::default(),
+        )
+        .expect("a client");
+        let mut variables = common::protocol::Variables::new();
+        variables.insert("x".to_owned(), 2.0);
+        let submitted = client.submit("sqrt(x)*pi", &variables, 0).await.expect("submitted");
+        assert_eq!(submitted.message, "Task successfully assigned to slave-1");
+        let task = client.wait_final(submitted.id, std::time::Duration::from_secs(5)).await.expect("final");
+        assert!(task.is_final() && task.status == "done", "{task:?}");
+        // What the client read, written back, is the master's JSON to the letter.
+        let raw = cluster.task(submitted.id).await;
+        assert_eq!(serde_json::to_value(&task).unwrap(), raw);
+        let page = client.tasks(None, None, 10).await.expect("a page");
+        let raw = cluster.http.get(&cluster.url("/tasks?limit=10")).await.body;
+        assert_eq!(serde_json::to_value(&page).unwrap(), raw);
+        let slaves = client.slaves().await.expect("slaves");
+        let raw = cluster.http.get(&cluster.url("/slaves")).await.body;
+        assert_eq!(serde_json::to_value(&slaves).unwrap(), raw["slaves"]);
+        let events = client.task_events(submitted.id).await.expect("events");
+        let raw = cluster.http.get(&cluster.url(&format!("/tasks/{}/events", submitted.id))).await.body;
+        assert_eq!(serde_json::to_value(&events).unwrap(), raw["events"]);
+        let refused = client.task(submitted.id + 1000, std::time::Duration::ZERO).await.unwrap_err();
+        assert_eq!((refused.status(), refused.code()), (Some(404), Some("not_found")));
+    }
+}

@@ -4,14 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
-};
-
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::oneshot,
 };
 
 use super::{BenchError, api::Api};
@@ -36,99 +29,58 @@ pub struct LocalSpec {
     pub worker_threads: Option<u16>,
 }
 
-/// A running child that printed `listening on http://ADDR`.
+/// A running child that printed `listening on http://ADDR` (the harness the end-to-end
+/// tests use too), with its stderr in a log file for when it fails.
 pub struct Process {
-    name: String,
-    child: Child,
-    pub url: String,
-    /// Time from spawn to the `listening on` line.
-    pub started_in: Duration,
+    inner: cluster_harness::Process,
+    log: PathBuf,
+}
+
+impl std::ops::Deref for Process {
+    type Target = cluster_harness::Process;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 impl Process {
     /// Spawns `program args` with stderr to `log` and waits for its `listening on` line.
     async fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, BenchError> {
-        let started = Instant::now();
         let log_file = std::fs::File::create(log)
             .map_err(|error| BenchError::Start(format!("cannot create {}: {error}", log.display())))?;
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            // A child that fails to start says why in a line or two (shown from its log),
-            // not in a backtrace the caller's RUST_BACKTRACE would add to its error.
-            .env("RUST_LIB_BACKTRACE", "0")
-            .kill_on_drop(true) // a bench that fails half-way leaves no cluster behind
-            .spawn()
-            .map_err(|error| BenchError::Start(format!("cannot run {}: {error}", program.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::Start(format!("{name}: no stdout")))?;
-        let (found, listening) = oneshot::channel();
-        tokio::spawn(async move {
-            let mut found = Some(found);
-            let mut lines = BufReader::new(stdout).lines();
-            // Keep draining after the line we want, so the child never blocks on a full pipe.
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(url) = line.strip_prefix("listening on ")
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = match tokio::time::timeout(START_TIMEOUT, listening).await {
-            Ok(Ok(url)) => url,
-            _ => {
-                let _ = child.kill().await;
-                let tail = log_tail(log);
-                return Err(BenchError::Start(format!(
-                    "{name} never printed its `listening on` line; its log ends:\n{tail}"
-                )));
-            }
-        };
-        Ok(Self { name: name.to_owned(), child, url, started_in: started.elapsed() })
-    }
-
-    /// Peak resident set size so far (`VmHWM`), in MiB; `None` once it has exited.
-    pub fn peak_rss_mb(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status_kib(&status, "VmHWM:").map(|kib| kib as f64 / 1024.0)
-    }
-
-    /// Resident set size now (`VmRSS`), in MiB; `None` once it has exited.
-    pub fn rss_mb(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status_kib(&status, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+        let mut command = std::process::Command::new(program);
+        // A child that fails to start says why in a line or two (shown from its log),
+        // not in a backtrace the caller's RUST_BACKTRACE would add to its error.
+        command.args(args).stderr(log_file).env("RUST_LIB_BACKTRACE", "0");
+        let name = name.to_owned();
+        let spawned = tokio::task::spawn_blocking(move || {
+            cluster_harness::Process::spawn(&name, command, START_TIMEOUT)
+        })
+        .await
+        .map_err(|error| BenchError::Start(error.to_string()))?;
+        match spawned {
+            Ok(inner) => Ok(Self { inner, log: log.to_path_buf() }),
+            Err(why) => Err(BenchError::Start(format!("{why}; its log ends:\n{}", log_tail(log)))),
+        }
     }
 
     /// CPU seconds (user + system) used so far; `None` once it has exited.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        super::probe::cpu_seconds(&self.child.id()?.to_string())
+        super::probe::cpu_seconds(&self.inner.pid().to_string())
     }
 
     /// SIGTERM (graceful: the ledger is checkpointed and closed), then SIGKILL past
-    /// [`STOP_TIMEOUT`].
-    pub async fn stop(mut self) -> Result<(), BenchError> {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // SAFETY: signals our own child, whose pid cannot be reused before we wait on it.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => {
-                let _ = self.child.kill().await;
-                Err(BenchError::Incomplete(format!("{} did not stop within {STOP_TIMEOUT:?}", self.name)))
-            }
-        }
+    /// [`STOP_TIMEOUT`] (on drop).
+    pub async fn stop(self) -> Result<(), BenchError> {
+        let Self { mut inner, log } = self;
+        let stopped = tokio::task::spawn_blocking(move || inner.terminate(STOP_TIMEOUT))
+            .await
+            .map_err(|error| BenchError::Incomplete(error.to_string()))?;
+        stopped
+            .map(drop)
+            .map_err(|why| BenchError::Incomplete(format!("{why}; its log ends:\n{}", log_tail(&log))))
     }
-}
-
-/// The `field` (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status` text, in KiB.
-fn status_kib(status: &str, field: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn log_tail(log: &Path) -> String {
@@ -212,7 +164,7 @@ impl Cluster {
 
     /// The larger peak RSS of the two slave processes, in MiB (`--slave-processes` only).
     pub fn slave_peak_rss_mb(&self) -> Option<f64> {
-        self.local.as_ref()?.slaves.iter().filter_map(Process::peak_rss_mb).reduce(f64::max)
+        self.local.as_ref()?.slaves.iter().filter_map(|slave| slave.peak_rss_mb()).reduce(f64::max)
     }
 
     /// CPU seconds the master process used so far (local clusters only).
@@ -361,13 +313,6 @@ pub fn loopback_base(url: &str) -> Result<String, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peak_rss_is_read_from_vmhwm() {
-        let status = "Name:\tmaster\nVmPeak:\t  900 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
-        assert_eq!(status_kib(status, "VmHWM:"), Some(20480));
-        assert_eq!(status_kib("Name:\tzombie\n", "VmHWM:"), None);
-    }
 
     #[test]
     fn only_loopback_masters_are_targets() {

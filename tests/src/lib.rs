@@ -10,9 +10,8 @@
 //! processes' logs on stderr.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -53,18 +52,29 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-/// A running child process that printed `listening on http://ADDR`.
-pub struct Process {
-    child: Child,
-    pub url: String,
-    pub name: String,
+/// A running `master` or `slave` that printed `listening on http://ADDR` (the shared
+/// harness, `cluster-harness`); a test fails at once when it misbehaves.
+pub struct Process(cluster_harness::Process);
+
+impl std::ops::Deref for Process {
+    type Target = cluster_harness::Process;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Process {
     /// Spawns `program args...` and waits for its `listening on` line.
     pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Process {
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        command.args(args);
         command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()));
         if std::env::var_os("TEST_LOG").is_none() {
             command.stderr(Stdio::null());
@@ -72,80 +82,20 @@ impl Process {
         for (key, value) in envs {
             command.env(key, value);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sender = Some(sender);
-            // Keep draining after the first line so the child never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ")
-                    && let Some(sender) = sender.take()
-                {
-                    let _ = sender.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = match receiver.recv_timeout(DEADLINE) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!("{name} never printed its `listening on` line (exit: {status:?})");
-            }
-        };
-        Process { child, url, name: name.to_owned() }
-    }
-
-    /// The OS process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `kill -9`: the process gets no chance to clean up.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL on unix
-        let _ = self.child.wait();
+        Process(
+            cluster_harness::Process::spawn(name, command, DEADLINE)
+                .unwrap_or_else(|error| panic!("{error}")),
+        )
     }
 
     /// SIGTERM, then waits (with a deadline) for the exit status.
     pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
-        // SAFETY: sending a signal to our own child process; no memory is touched.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "could not signal {}", self.name);
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for child") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < deadline,
-                "{} did not exit within {deadline:?} of SIGTERM",
-                self.name
-            );
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        self.0.terminate(deadline).unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// Sends `signal` (e.g. `libc::SIGSTOP` to freeze it like a partitioned host).
     pub fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
-        // SAFETY: sending a signal to our own child process; no memory is touched.
-        let sent = unsafe { libc::kill(pid, signal) };
-        assert_eq!(sent, 0, "could not signal {}", self.name);
-    }
-
-    /// Whether the process has exited.
-    pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.signal(signal).unwrap_or_else(|error| panic!("{error}"))
     }
 }
 

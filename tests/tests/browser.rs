@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use cluster_tests::{Cluster, eventually};
+use cluster_tests::{Cluster, MasterOptions, eventually, fast_failure_detection, fast_heartbeats};
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -74,6 +74,73 @@ async fn dashboard_lists_slaves_in_order_submits_through_its_form_and_shows_task
         resume_unwind(panic);
     }
     screenshot.expect("screenshot of the dashboard");
+}
+
+/// Reads the open task's story: its status badge and the event rows, in order.
+const READ_DETAIL: &str = r##"
+    const section = document.querySelector("#task-detail");
+    return {
+        shown: !section.hidden,
+        id: document.querySelector("#detail-id").textContent,
+        status: (document.querySelector("#detail-status") || { textContent: "" }).textContent,
+        events: [...document.querySelectorAll("#events tbody tr[data-kind]")].map((row) => ({
+            kind: row.dataset.kind,
+            slave: row.querySelector(".slave").textContent.trim(),
+        })),
+    };
+"##;
+
+#[tokio::test]
+async fn a_task_re_dispatched_after_its_slave_was_killed_tells_its_story_on_its_own_page() {
+    let Some(programs) = browser_or_skip() else { return };
+    let options = MasterOptions { args: fast_failure_detection(), ..MasterOptions::default() };
+    let mut cluster = Cluster::start_with(options, fast_heartbeats(), &[1, 1]).await;
+    let reply = cluster.submit("6*7", 2_000).await;
+    assert_eq!(reply.body["slave"]["name"], "slave-1", "{:?}", reply.body);
+    let id = reply.body["id"].as_i64().expect("an id");
+    let first = cluster.slave_index("slave-1");
+    cluster.slaves[first].kill9();
+    let task = cluster.wait_final(id).await;
+    assert_eq!((task["status"].as_str(), task["slave"]["name"].as_str()), (Some("done"), Some("slave-2")));
+
+    let driver = Chromedriver::start(&programs.chromedriver);
+    let browser = driver.session(&programs.chromium).await;
+    let outcome = AssertUnwindSafe(open_the_story(&browser, &cluster, id)).catch_unwind().await;
+    let screenshot = save_screenshot(&browser, "task-detail.png").await;
+    let _ = browser.close().await;
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    screenshot.expect("screenshot of the task's page");
+}
+
+/// From the dashboard's table to the task's own page, by its link, as a person would.
+async fn open_the_story(browser: &Client, cluster: &Cluster, id: i64) {
+    browser.goto(&cluster.url("/")).await.expect("open the dashboard");
+    page_until(browser, "the task listed", |page| Some(row(page, id).is_some())).await;
+    let link = format!("#tasks tr[data-task-id=\"{id}\"] a");
+    browser.find(Locator::Css(&link)).await.expect("the task's link").click().await.expect("click it");
+    let detail = eventually("the task's story to be shown", || async {
+        let detail = browser.execute(READ_DETAIL, Vec::new()).await.expect("read the page");
+        let done = detail["events"].as_array()?.iter().any(|event| event["kind"] == "done");
+        (detail["shown"] == true && done).then_some(detail)
+    })
+    .await;
+    assert_eq!(detail["id"], id.to_string());
+    assert_eq!(detail["status"], "done");
+    let story: Vec<(&str, &str)> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| (event["kind"].as_str().unwrap(), event["slave"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        story,
+        [("submitted", "slave-1"), ("requeued", "slave-1"), ("assigned", "slave-2"), ("done", "slave-2")],
+        "{detail}"
+    );
+    let url = browser.current_url().await.expect("the address");
+    assert_eq!(url.fragment(), Some(format!("/tasks/{id}").as_str()), "a link that can be shared");
 }
 
 /// The seed walk-through (SPEC §1) done by a person on the dashboard.

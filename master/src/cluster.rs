@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    activity::Activity,
     config::ServeConfig,
     ledger::{
         Cancellation, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, SlaveDeletion, SlaveRow,
@@ -53,6 +54,8 @@ struct Inner {
     waiters: Waiters,
     /// Deadlines and offer times of in-progress tasks, on monotonic time.
     timers: TaskTimers,
+    /// Finished tasks and round trips of the last minutes, for the live charts.
+    activity: Activity,
     /// Wakes the dispatcher: a task became pending or a slot freed.
     dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
@@ -118,6 +121,7 @@ impl Cluster {
                 metrics,
                 waiters: Waiters::default(),
                 timers,
+                activity: Activity::default(),
                 dispatch_wanted: Notify::new(),
                 accepting: AtomicBool::new(true),
             }),
@@ -142,6 +146,11 @@ impl Cluster {
     /// Calls to slaves: offers, drops, availability probes.
     pub(crate) fn calls(&self) -> &SlaveCalls {
         &self.inner.calls
+    }
+
+    /// Finished tasks per second and their round trips, for the live charts.
+    pub fn activity(&self) -> &Activity {
+        &self.inner.activity
     }
 
     /// Deadlines of in-progress tasks.
@@ -183,9 +192,9 @@ impl Cluster {
         let slave = SlaveId(report.slave_id);
         let recording = self.inner.ledger.record_result(id, slave, report.attempt, report.outcome).await?;
         if let ResultRecording::Recorded(status) = recording {
-            self.inner.timers.stop(id, slave, report.attempt);
+            let round_trip = self.inner.timers.stop(id, slave, report.attempt);
             self.inner.slaves.release(slave);
-            self.task_finished(id, status);
+            self.task_finished(id, status, round_trip);
             self.wake_dispatcher();
         }
         Ok(recording)
@@ -201,13 +210,14 @@ impl Cluster {
                 self.tell_slave_to_drop(slave, id, attempt);
                 self.wake_dispatcher();
             }
-            self.task_finished(id, TaskStatus::Cancelled);
+            self.task_finished(id, TaskStatus::Cancelled, None);
         }
         Ok(cancellation)
     }
 
-    fn task_finished(&self, id: TaskId, status: TaskStatus) {
+    fn task_finished(&self, id: TaskId, status: TaskStatus, round_trip: Option<Duration>) {
         self.inner.waiters.notify(id);
+        self.inner.activity.finished(round_trip);
         self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
     }
 
@@ -390,7 +400,7 @@ impl Cluster {
             Requeue::Failed => {
                 tracing::warn!(task_id = %task.id, attempts = task.attempts, %reason, "task failed: out of attempts");
                 self.inner.slaves.release(task.slave_id);
-                self.task_finished(task.id, TaskStatus::Failed);
+                self.task_finished(task.id, TaskStatus::Failed, None);
                 self.wake_dispatcher();
             }
             Requeue::NotHeld => {}
@@ -430,7 +440,9 @@ impl Cluster {
             // The delay is not needed to requeue; the guarded write checks the rest.
             let task = HeldTask { id, slave_id: slave, attempts: attempt, delay_ms: 0 };
             match self.requeue(task, "it ran past its deadline".to_owned()).await? {
-                Requeue::NotHeld => self.inner.timers.stop(id, slave, attempt),
+                Requeue::NotHeld => {
+                    self.inner.timers.stop(id, slave, attempt);
+                }
                 Requeue::Pending { .. } | Requeue::Failed => self.tell_slave_to_drop(slave, id, attempt),
             }
         }

@@ -13,6 +13,7 @@
 //!   `client` — the client subcommands (the load generator is the `master-bench` crate);
 //!   `metrics` — Prometheus.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -51,12 +51,14 @@ impl TaskTimers {
     }
 
     /// `task` left `slave`'s `attempt` (result, requeue, cancel, refusal): its timer
-    /// stops, unless a newer offer of the task already replaced it.
-    pub fn stop(&self, task: TaskId, slave: SlaveId, attempt: i64) {
+    /// stops, unless a newer offer of the task already replaced it. The time since the
+    /// offer, when this stopped it.
+    pub fn stop(&self, task: TaskId, slave: SlaveId, attempt: i64) -> Option<Duration> {
         let mut timers = self.timers();
         if timers.get(&task).is_some_and(|timer| timer.slave == slave && timer.attempt == attempt) {
-            timers.remove(&task);
+            return timers.remove(&task).map(|timer| timer.offered.elapsed());
         }
+        None
     }
 
     /// Whether `task` was offered less than `grace` ago (so a heartbeat that does not

@@ -102,6 +102,13 @@ async fn a_task_re_dispatched_after_its_slave_was_killed_tells_its_story_on_its_
     cluster.slaves[first].kill9();
     let task = cluster.wait_final(id).await;
     assert_eq!((task["status"].as_str(), task["slave"]["name"].as_str()), (Some("done"), Some("slave-2")));
+    // A burst of quick tasks for the charts (one slot left: some meet full capacity).
+    for n in 0..10 {
+        let reply = cluster.submit(&format!("{n}+1"), 0).await;
+        if let Some(id) = reply.body["id"].as_i64() {
+            cluster.wait_final(id).await;
+        }
+    }
 
     let driver = Chromedriver::start(&programs.chromedriver);
     let browser = driver.session(&programs.chromium).await;
@@ -141,7 +148,26 @@ async fn open_the_story(browser: &Client, cluster: &Cluster, id: i64) {
     );
     let url = browser.current_url().await.expect("the address");
     assert_eq!(url.fragment(), Some(format!("/tasks/{id}").as_str()), "a link that can be shared");
+
+    // The charts above the tables drew the burst that just ran.
+    let drawn = eventually("the throughput chart to draw a non-zero second", || async {
+        let drawn = browser.execute(READ_CHARTS, Vec::new()).await.expect("read the charts");
+        (drawn["finished"].as_array()?.iter().any(|n| n.as_u64() > Some(0))).then_some(drawn)
+    })
+    .await;
+    assert!(drawn["latency_points"].as_u64() > Some(0), "{drawn}");
+    assert_eq!(drawn["running"].as_array().map(Vec::len), Some(2), "one bar per slave: {drawn}");
 }
+
+/// What the three charts drew: the throughput bars, the latency line's points, and the
+/// running-tasks bar of each slave.
+const READ_CHARTS: &str = r##"
+    return {
+        finished: [...document.querySelectorAll("#chart-throughput rect")].map((bar) => Number(bar.dataset.finished)),
+        latency_points: Number(document.querySelector("#chart-latency .p99").dataset.points),
+        running: [...document.querySelectorAll("#chart-running rect")].map((bar) => bar.dataset.slave),
+    };
+"##;
 
 /// The seed walk-through (SPEC §1) done by a person on the dashboard.
 async fn walk_through(browser: &Client, cluster: &Cluster) {

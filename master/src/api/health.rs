@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorCode, Json};
+use crate::activity::ActivityView;
 
 /// `GET /healthz` answer 200.
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,6 +38,19 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
         Ok(()) => Ok(Json(Health { status: "ok" })),
         Err(error) => Err(ApiError::new(ErrorCode::LedgerUnavailable, error.to_string())),
     }
+}
+
+/// Tasks finished per second and their offer→result round trips (p50, p99) over the
+/// last five minutes, from this master's memory: what the dashboard's charts draw.
+#[utoipa::path(
+    get,
+    path = "/activity",
+    operation_id = "activity",
+    tag = "operations",
+    responses((status = 200, description = "The last five minutes, oldest second first", body = ActivityView)),
+)]
+pub async fn activity(State(state): State<AppState>) -> Json<ActivityView> {
+    Json(state.cluster.activity().view())
 }
 
 /// Prometheus text format.

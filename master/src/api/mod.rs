@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/slaves", get(slaves::list))
         .route("/healthz", get(health::healthz))
+        .route("/activity", get(health::activity))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(protected)

@@ -34,6 +34,7 @@ use super::{health, slaves, tasks};
         slaves::deregister,
         slaves::heartbeat,
         health::healthz,
+        health::activity,
         health::metrics,
         crate::dashboard::page,
         openapi_json,

@@ -244,3 +244,26 @@ cluster_tests::on_both_engines! {
         assert_eq!((refused.status(), refused.code()), (Some(404), Some("not_found")));
     }
 }
+
+cluster_tests::on_both_engines! {
+    async fn activity_counts_the_tasks_finished_in_the_last_minutes_with_their_round_trips() {
+        let cluster = Cluster::start(&[2]).await;
+        let empty = cluster.http.get(&cluster.url("/activity")).await;
+        assert_eq!(empty.status, 200);
+        assert_eq!((empty.body["window_s"].as_u64(), empty.body["seconds"].as_array().map(Vec::len)), (Some(300), Some(0)));
+        for n in 0..3 {
+            let id = cluster.submit(&format!("{n}*2"), 0).await.body["id"].as_i64().expect("an id");
+            cluster.wait_final(id).await;
+        }
+        let activity = cluster.http.get(&cluster.url("/activity")).await.body;
+        let seconds = activity["seconds"].as_array().expect("seconds");
+        let finished: u64 = seconds.iter().filter_map(|second| second["finished"].as_u64()).sum();
+        assert_eq!(finished, 3, "{activity}");
+        for second in seconds {
+            let (p50, p99) = (second["p50_ms"].as_f64().expect("p50"), second["p99_ms"].as_f64().expect("p99"));
+            assert!(0.0 < p50 && p50 <= p99, "{second}");
+            assert!(second["ago_s"].as_u64().is_some_and(|ago| ago < 300), "{second}");
+        }
+        assert!(activity["uptime_s"].as_f64().is_some_and(|uptime| uptime > 0.0));
+    }
+}

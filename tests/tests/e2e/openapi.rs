@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 /// Every route of SPEC §4 with its methods.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get"]),
+    ("/activity", &["get"]),
     ("/get-tasks", &["get"]),
     ("/healthz", &["get"]),
     ("/metrics", &["get"]),

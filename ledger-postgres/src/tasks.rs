@@ -37,7 +37,7 @@ impl PgLedger {
                RETURNING id AS "id: TaskId""#,
             task.expression,
             task.variables_json(),
-            task.delay_ms(),
+            task.stored_delay_ms(),
             status.as_str(),
             slave.map(|slave| slave.0),
             attempts,

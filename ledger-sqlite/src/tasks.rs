@@ -22,7 +22,7 @@ impl SqliteLedger {
     ) -> Result<TaskId, LedgerError> {
         let expression = task.expression.to_owned();
         let variables = task.variables_json();
-        let delay_ms = task.delay_ms();
+        let delay_ms = task.stored_delay_ms();
         let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {

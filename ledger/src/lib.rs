@@ -108,22 +108,6 @@ impl TaskStatus {
     }
 }
 
-impl SlaveState {
-    /// The state as stored and as written in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Up => "up",
-            Self::Down => "down",
-            Self::Draining => "draining",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Up, Self::Down, Self::Draining].into_iter().find(|state| state.as_str() == raw)
-    }
-}
-
 /// A slave's state as dispatch sees it (SPEC §4 `GET /slaves`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(rename_all = "snake_case")]
@@ -135,6 +119,17 @@ pub enum SlaveState {
     Down,
     /// Finishing its tasks before leaving; skipped.
     Draining,
+}
+
+impl SlaveState {
+    /// The state as stored and as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Draining => "draining",
+        }
+    }
 }
 
 /// An RFC 3339 UTC timestamp with milliseconds, as stored in the ledger
@@ -347,7 +342,7 @@ impl Submission<'_> {
     }
 
     /// The delay as stored.
-    pub fn delay_ms(&self) -> i64 {
+    pub fn stored_delay_ms(&self) -> i64 {
         i64::try_from(self.delay_ms).unwrap_or(i64::MAX)
     }
 }
@@ -627,8 +622,11 @@ mod tests {
         for status in TaskStatus::ALL {
             assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
         }
-        for state in [SlaveState::Up, SlaveState::Down, SlaveState::Draining] {
-            assert_eq!(SlaveState::parse(state.as_str()), Some(state));
+        for (state, stored) in
+            [(SlaveState::Up, "up"), (SlaveState::Down, "down"), (SlaveState::Draining, "draining")]
+        {
+            assert_eq!(serde_json::to_value(state).unwrap(), stored, "the API and the ledger spell it alike");
+            assert_eq!(state.as_str(), stored);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! enum rather than a generic keeps `Cluster` and the handlers free of type parameters;
 //! each method hands the call to the engine, whose crate owns its SQL.
 
-use std::{path::Path, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 pub use ledger::{
     AssignFrom, Cancellation, Counts, Engine, HeldTask, LedgerError, Requeue, ResultRecording, SlaveDeletion,
@@ -24,7 +24,7 @@ pub const DEFAULT_MAX_BATCH: usize = ledger_sqlite::DEFAULT_MAX_BATCH;
 /// the path of a SQLite file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    Sqlite(std::path::PathBuf),
+    Sqlite(PathBuf),
     Postgres(String),
 }
 
@@ -44,14 +44,6 @@ impl Location {
             Self::Postgres(db.to_owned())
         } else {
             Self::Sqlite(db.into())
-        }
-    }
-
-    /// The SQLite file, if the ledger is one.
-    pub fn file(&self) -> Option<&Path> {
-        match self {
-            Self::Sqlite(path) => Some(path),
-            Self::Postgres(_) => None,
         }
     }
 }
@@ -88,14 +80,6 @@ impl Ledger {
             }
             Location::Postgres(url) => Self::Postgres(PgLedger::open(url).await?),
         })
-    }
-
-    /// Which engine, for logs.
-    pub fn engine_name(&self) -> &'static str {
-        match self {
-            Self::Sqlite(_) => "sqlite",
-            Self::Postgres(_) => "postgres",
-        }
     }
 
     pub async fn probe_writable(&self) -> Result<(), LedgerError> {

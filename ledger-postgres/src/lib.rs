@@ -98,7 +98,7 @@ pub(crate) fn unavailable(error: sqlx::Error) -> LedgerError {
             format!("the database connection failed: {error}")
         }
         sqlx::Error::PoolTimedOut => {
-            "no database connection within 3 s: the database is down or overloaded".to_owned()
+            format!("no database connection within {ACQUIRE_TIMEOUT:?}: the database is down or overloaded")
         }
         sqlx::Error::PoolClosed => return LedgerError::Closed,
         sqlx::Error::Database(database) => {

@@ -4,14 +4,7 @@
 use ledger_postgres::PgLedger;
 
 async fn fresh_ledger() -> Option<(PgLedger, ())> {
-    let url = match cluster_tests::postgres::fresh_database().await {
-        Ok(url) => url,
-        Err(reason) if !cluster_tests::required() => {
-            eprintln!("skipped: no PostgreSQL ({reason})");
-            return None;
-        }
-        Err(reason) => panic!("PostgreSQL is required under CI: {reason}"),
-    };
+    let url = cluster_tests::postgres::or_skip(cluster_tests::postgres::fresh_database().await)?;
     Some((PgLedger::open(&url).await.expect("open a fresh ledger"), ()))
 }
 

@@ -127,6 +127,19 @@ pub async fn server() -> Result<&'static Server, String> {
         .map_err(Clone::clone)
 }
 
+/// What a test does without a PostgreSQL server: under `CI=true` it fails with the
+/// reason; elsewhere it is skipped, saying why (`None`).
+pub fn or_skip<T>(server: Result<T, String>) -> Option<T> {
+    match server {
+        Ok(value) => Some(value),
+        Err(reason) => {
+            assert!(!crate::required(), "PostgreSQL is required under CI: {reason}");
+            eprintln!("skipped: no PostgreSQL ({reason})");
+            None
+        }
+    }
+}
+
 /// A new, empty database on the shared server and its URL.
 pub async fn fresh_database() -> Result<String, String> {
     create_database(server().await?).await

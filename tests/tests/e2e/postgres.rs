@@ -9,19 +9,11 @@ use std::{
     time::Duration,
 };
 
-use cluster_tests::{Cluster, MasterOptions, eventually, fast_heartbeats, postgres::PrivateServer, required};
+use cluster_tests::{
+    Cluster, MasterOptions, eventually, fast_heartbeats,
+    postgres::{self, PrivateServer},
+};
 use serde_json::{Value, json};
-
-async fn private_server() -> Option<PrivateServer> {
-    match PrivateServer::start().await {
-        Ok(server) => Some(server),
-        Err(reason) => {
-            assert!(!required(), "PostgreSQL is required under CI: {reason}");
-            eprintln!("skipped: no PostgreSQL ({reason})");
-            None
-        }
-    }
-}
 
 /// What the clients heard while the database went away and came back.
 #[derive(Default)]
@@ -34,7 +26,7 @@ struct Heard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_and_started_under_sixteen_clients_answers_503_then_resumes_and_loses_nothing() {
-    let Some(server) = private_server().await else { return };
+    let Some(server) = postgres::or_skip(PrivateServer::start().await) else { return };
     let db = server.fresh_database().await.expect("a database");
     // Queue mode: a submission meeting busy slaves is stored as pending, so every one
     // of them needs the ledger (in reject mode, with every slot held by a task whose

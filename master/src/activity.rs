@@ -26,7 +26,27 @@ struct Second {
     /// Seconds since `started`.
     index: u64,
     finished: u32,
+    /// The sample of the second still running; emptied once its percentiles are taken.
     round_trips_ms: Vec<f64>,
+    /// (p50, p99) of a second that is over, computed once when the next one began.
+    closed: Option<(Option<f64>, Option<f64>)>,
+}
+
+impl Second {
+    fn percentiles(&self) -> (Option<f64>, Option<f64>) {
+        if let Some(closed) = self.closed {
+            return closed;
+        }
+        let mut sorted = self.round_trips_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        (nearest_rank(&sorted, 0.50), nearest_rank(&sorted, 0.99))
+    }
+
+    /// The second is over: keep its percentiles, free its sample.
+    fn close(&mut self) {
+        self.closed = Some(self.percentiles());
+        self.round_trips_ms = Vec::new();
+    }
 }
 
 /// One second of the window, as `GET /activity` shows it.
@@ -65,7 +85,10 @@ impl Activity {
         let index = self.started.elapsed().as_secs();
         let mut seconds = self.seconds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if seconds.back().is_none_or(|last| last.index != index) {
-            seconds.push_back(Second { index, finished: 0, round_trips_ms: Vec::new() });
+            if let Some(last) = seconds.back_mut() {
+                last.close();
+            }
+            seconds.push_back(Second { index, finished: 0, round_trips_ms: Vec::new(), closed: None });
         }
         while seconds.front().is_some_and(|first| first.index + WINDOW_SECONDS <= index) {
             seconds.pop_front();
@@ -88,14 +111,8 @@ impl Activity {
             .iter()
             .filter(|second| second.index + WINDOW_SECONDS > now)
             .map(|second| {
-                let mut sorted = second.round_trips_ms.clone();
-                sorted.sort_by(f64::total_cmp);
-                SecondView {
-                    ago_s: now - second.index,
-                    finished: second.finished,
-                    p50_ms: nearest_rank(&sorted, 0.50),
-                    p99_ms: nearest_rank(&sorted, 0.99),
-                }
+                let (p50_ms, p99_ms) = second.percentiles();
+                SecondView { ago_s: now - second.index, finished: second.finished, p50_ms, p99_ms }
             })
             .collect();
         ActivityView { window_s: WINDOW_SECONDS, uptime_s: elapsed.as_secs_f64(), seconds }
@@ -124,6 +141,16 @@ mod tests {
         assert_eq!(total, 5);
         let last = view.seconds.last().expect("a second");
         assert!(last.p50_ms.is_some_and(|p50| p50 <= 3.0) && last.p99_ms == Some(100.0), "{last:?}");
+    }
+
+    #[test]
+    fn a_closed_second_keeps_its_percentiles_and_frees_its_sample() {
+        let mut second = Second { index: 0, finished: 3, round_trips_ms: vec![5.0, 1.0, 9.0], closed: None };
+        let open = second.percentiles();
+        second.close();
+        assert_eq!(second.percentiles(), open);
+        assert_eq!(open, (Some(5.0), Some(9.0)));
+        assert!(second.round_trips_ms.is_empty());
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Cluster {
                 self.slaves().release(next.id);
                 return assigned.map(|_| OfferOutcome::Gone);
             }
-            self.timers().start(id, next.id, offer.attempt, self.config().task_deadline(offer.delay_ms));
+            self.timers().start(id, next.id, offer.attempt, deadline);
             candidate = next;
         }
     }

@@ -4,7 +4,13 @@
 //! master's handlers own the OpenAPI schema; a test in `tests/` reads live answers
 //! through these types).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use common::{
     auth::Token,
@@ -148,12 +154,57 @@ struct ErrorBody {
     message: String,
 }
 
-/// A client of one master; cheap to clone (one keep-alive pool).
+/// A master as `GET /masters` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Master {
+    pub id: i64,
+    pub url: String,
+    pub started_at: String,
+    pub last_seen_at: String,
+    pub up: bool,
+}
+
+/// `GET /masters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasterList {
+    pub masters: Vec<Master>,
+    /// The id of the master that answered.
+    pub this: Option<i64>,
+}
+
+/// A client of one master, or of several sharing one ledger (SPEC §11); cheap to clone
+/// (one keep-alive pool, one idea of which master is live).
+///
+/// Given several URLs (`http://a:8080,http://b:8080`), each call goes to the master
+/// that answered last and moves on to the next in the list when that one cannot be
+/// reached — and, for the calls a slave makes (registration, heartbeats, results, which
+/// the ledger makes safe to repeat), when it answers 5xx. A submission moves on only
+/// when the connection was refused, never after the request may have been taken.
 #[derive(Clone)]
 pub struct MasterClient {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    /// Index into `bases` of the master to try first.
+    live: Arc<AtomicUsize>,
     token: Token,
+}
+
+/// When a call moves on to the next master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failover {
+    /// Only when the request never reached it (connection refused or timed out).
+    Unsent,
+    /// Also when the master failed (5xx) or the connection broke: the call is safe to
+    /// repeat on another master.
+    Repeatable,
+}
+
+/// The URLs of a comma-separated list, without trailing slashes or blanks.
+pub fn parse_bases(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|base| base.trim().trim_end_matches('/').to_owned())
+        .filter(|b| !b.is_empty())
+        .collect()
 }
 
 /// How a [`MasterClient`] connects.
@@ -174,7 +225,7 @@ impl Default for Options {
 impl MasterClient {
     /// A client of the master at `base` (`http://host:port`), sending `token` on the
     /// calls that need it. No redirects are followed.
-    pub fn new(base: &str, token: Token, options: &Options) -> Result<Self, ClientError> {
+    pub fn new(bases: &str, token: Token, options: &Options) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(options.timeout)
@@ -182,18 +233,39 @@ impl MasterClient {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token })
+        Ok(Self::with_http(bases, token, http))
     }
 
     /// Like [`MasterClient::new`] over an HTTP client of the caller's (its timeouts,
-    /// pool and proxy settings).
-    pub fn with_http(base: &str, token: Token, http: reqwest::Client) -> Self {
-        Self { http, base: base.trim_end_matches('/').to_owned(), token }
+    /// pool and proxy settings). `bases` is one URL or a comma-separated list.
+    pub fn with_http(bases: &str, token: Token, http: reqwest::Client) -> Self {
+        let mut list = parse_bases(bases);
+        if list.is_empty() {
+            list.push(bases.to_owned());
+        }
+        Self { http, bases: list.into(), live: Arc::new(AtomicUsize::new(0)), token }
     }
 
-    /// The master's base URL.
+    /// The base URL of the master calls go to first now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.live.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every master this client knows, in the order given.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// A client of only the `index`-th master of the list (for a caller spreading its
+    /// own load over the masters), sharing this one's connection pool.
+    pub fn only(&self, index: usize) -> Self {
+        let base = self.bases[index % self.bases.len()].clone();
+        Self {
+            http: self.http.clone(),
+            bases: vec![base].into(),
+            live: Arc::new(AtomicUsize::new(0)),
+            token: self.token.clone(),
+        }
     }
 
     /// `POST /tasks` (`delay_ms` as given: the master checks its range). A refusal (503 `full_capacity`, `queue_full`, ...) is an
@@ -205,13 +277,19 @@ impl MasterClient {
         delay_ms: i64,
     ) -> Result<Submitted, ClientError> {
         let body = json!({ "expression": expression, "variables": variables, "delay_ms": delay_ms });
-        self.call("POST /tasks", self.http.post(self.url("/tasks")).json(&body)).await
+        self.call("POST /tasks", Failover::Unsent, |http, base| {
+            http.post(format!("{base}/tasks")).json(&body)
+        })
+        .await
     }
 
     /// `GET /tasks/{id}`, long-polling up to `wait` (at most [`MAX_WAIT`]) for it to finish.
     pub async fn task(&self, id: i64, wait: Duration) -> Result<Task, ClientError> {
         let wait = wait.min(MAX_WAIT).as_secs_f64();
-        self.call("GET /tasks/{id}", self.http.get(self.url(&format!("/tasks/{id}?wait={wait}")))).await
+        self.call("GET /tasks/{id}", Failover::Repeatable, |http, base| {
+            http.get(format!("{base}/tasks/{id}?wait={wait}"))
+        })
+        .await
     }
 
     /// Long-polls `GET /tasks/{id}` until the task is final.
@@ -238,36 +316,53 @@ impl MasterClient {
         if let Some(after) = after {
             query.push(("after", after.to_string()));
         }
-        self.call("GET /tasks", self.http.get(self.url("/tasks")).query(&query)).await
+        self.call("GET /tasks", Failover::Repeatable, |http, base| {
+            http.get(format!("{base}/tasks")).query(&query)
+        })
+        .await
     }
 
     /// `GET /tasks/{id}/events`: the task's history, oldest first.
     pub async fn task_events(&self, id: i64) -> Result<Vec<Event>, ClientError> {
         let call = "GET /tasks/{id}/events";
-        let list: EventList =
-            self.call(call, self.http.get(self.url(&format!("/tasks/{id}/events")))).await?;
+        let list: EventList = self
+            .call(call, Failover::Repeatable, |http, base| http.get(format!("{base}/tasks/{id}/events")))
+            .await?;
         Ok(list.events)
     }
 
     /// `DELETE /tasks/{id}` (an admin call: carries the token).
     pub async fn cancel(&self, id: i64) -> Result<Task, ClientError> {
-        self.call("DELETE /tasks/{id}", self.http.delete(self.url(&format!("/tasks/{id}")))).await
+        self.call("DELETE /tasks/{id}", Failover::Repeatable, |http, base| {
+            http.delete(format!("{base}/tasks/{id}"))
+        })
+        .await
     }
 
     /// `GET /slaves`, in registration order.
     pub async fn slaves(&self) -> Result<Vec<Slave>, ClientError> {
-        let list: SlaveList = self.call("GET /slaves", self.http.get(self.url("/slaves"))).await?;
+        let list: SlaveList = self
+            .call("GET /slaves", Failover::Repeatable, |http, base| http.get(format!("{base}/slaves")))
+            .await?;
         Ok(list.slaves)
+    }
+
+    /// `GET /masters`: the masters sharing the ledger, and which one answered.
+    pub async fn masters(&self) -> Result<MasterList, ClientError> {
+        self.call("GET /masters", Failover::Repeatable, |http, base| http.get(format!("{base}/masters")))
+            .await
     }
 
     /// `GET /healthz` answered 200.
     pub async fn healthz(&self) -> Result<(), ClientError> {
-        self.call::<Value>("GET /healthz", self.http.get(self.url("/healthz"))).await.map(drop)
+        self.call::<Value>("GET /healthz", Failover::Unsent, |http, base| http.get(format!("{base}/healthz")))
+            .await
+            .map(drop)
     }
 
     /// `GET /metrics` (Prometheus text).
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
-        let response = self.http.get(self.url("/metrics")).send().await?;
+        let response = self.http.get(format!("{}/metrics", self.base())).send().await?;
         let status = response.status();
         if !status.is_success() {
             return Err(api_error("GET /metrics", status, &response.text().await.unwrap_or_default()));
@@ -277,28 +372,70 @@ impl MasterClient {
 
     /// `POST /slaves`: registers (or re-registers) a slave.
     pub async fn register(&self, registration: &Registration) -> Result<Registered, ClientError> {
-        self.call("POST /slaves", self.http.post(self.url("/slaves")).json(registration)).await
+        self.call("POST /slaves", Failover::Repeatable, |http, base| {
+            http.post(format!("{base}/slaves")).json(registration)
+        })
+        .await
     }
 
     /// `POST /slaves/{id}/heartbeat`. 404: the master forgot this slave; 409: another
     /// process holds its name now.
     pub async fn heartbeat(&self, slave_id: i64, heartbeat: &Heartbeat) -> Result<(), ClientError> {
-        let request = self.http.post(self.url(&format!("/slaves/{slave_id}/heartbeat"))).json(heartbeat);
-        self.call::<Value>("POST /slaves/{id}/heartbeat", request).await.map(drop)
+        let request = |http: &reqwest::Client, base: &str| {
+            http.post(format!("{base}/slaves/{slave_id}/heartbeat")).json(heartbeat)
+        };
+        self.call::<Value>("POST /slaves/{id}/heartbeat", Failover::Repeatable, request).await.map(drop)
     }
 
     /// `POST /tasks/{id}/result`. 403, 404 and 409 mean the master no longer wants it.
     pub async fn report_result(&self, task_id: i64, report: &ResultReport) -> Result<(), ClientError> {
-        let request = self.http.post(self.url(&format!("/tasks/{task_id}/result"))).json(report);
-        self.call::<Value>("POST /tasks/{id}/result", request).await.map(drop)
+        let request = |http: &reqwest::Client, base: &str| {
+            http.post(format!("{base}/tasks/{task_id}/result")).json(report)
+        };
+        self.call::<Value>("POST /tasks/{id}/result", Failover::Repeatable, request).await.map(drop)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Sends `request` with the token; a 2xx body as `T`, anything else as the error shape.
+    /// Sends the request `build` makes for a master's base URL, with the token, to the
+    /// live master and then, as `failover` allows, to each next one in the list; a 2xx
+    /// body as `T`, anything else as the error shape. The master that answered becomes
+    /// the live one.
     async fn call<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        failover: Failover,
+        build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let first = self.live.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for step in 0..self.bases.len() {
+            let index = (first + step) % self.bases.len();
+            let outcome = self.call_one(call, build(&self.http, &self.bases[index])).await;
+            let moves_on = match &outcome {
+                Ok(_) => false,
+                Err(ClientError::Http(error)) => {
+                    error.is_connect() || failover == Failover::Repeatable && !error.is_decode()
+                }
+                Err(ClientError::Api { status, .. }) => failover == Failover::Repeatable && *status >= 500,
+            };
+            if !moves_on {
+                if step > 0 {
+                    self.live.store(index, Ordering::Relaxed);
+                }
+                return outcome;
+            }
+            last_error = Some(outcome);
+        }
+        last_error.unwrap_or_else(|| {
+            Err(ClientError::Api {
+                call,
+                status: 0,
+                code: "no_master".to_owned(),
+                message: "no master URL given".to_owned(),
+            })
+        })
+    }
+
+    async fn call_one<T: DeserializeOwned>(
         &self,
         call: &'static str,
         request: RequestBuilder,

@@ -11,12 +11,14 @@
 //!
 //! - `tasks`  — statements about tasks.
 //! - `slaves` — statements about slaves.
+//! - `masters` — the masters sharing the database (`GET /masters`).
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
-use ledger::LedgerError;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use ledger::{LedgerError, TaskId};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
+mod masters;
 mod slaves;
 mod tasks;
 
@@ -29,10 +31,45 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest any one statement may run before the server cancels it.
 const STATEMENT_TIMEOUT: &str = "10s";
 
+/// The channel on which the database announces every task's end (a trigger on
+/// `task_events`; the payload is the task id and the ending session's name).
+const TASK_FINAL_CHANNEL: &str = "task_final";
+
 /// Handle to a PostgreSQL ledger; cheap to clone.
 #[derive(Clone)]
 pub struct PgLedger {
     pool: PgPool,
+    /// This ledger's sessions' `application_name`, unique per open: tells the task ends
+    /// this master recorded from those recorded by others.
+    session_name: Arc<str>,
+}
+
+/// A task ended, as announced by the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskEnded {
+    pub task: TaskId,
+    /// Recorded through this ledger handle (this master) rather than another one.
+    pub here: bool,
+}
+
+/// Hears the database announce task ends (LISTEN `task_final`).
+pub struct TaskEnds {
+    listener: PgListener,
+    session_name: Arc<str>,
+}
+
+impl TaskEnds {
+    /// The next announced end. A lost connection is an error; the next call dials again
+    /// and listens anew (ends announced in between are not heard: callers re-read).
+    pub async fn next(&mut self) -> Result<TaskEnded, LedgerError> {
+        loop {
+            let notification = self.listener.recv().await.map_err(unavailable)?;
+            let (task, session) =
+                notification.payload().split_once(' ').unwrap_or((notification.payload(), ""));
+            let Ok(task) = task.parse() else { continue };
+            return Ok(TaskEnded { task: TaskId(task), here: session == &*self.session_name });
+        }
+    }
 }
 
 impl PgLedger {
@@ -41,9 +78,10 @@ impl PgLedger {
     /// The pool reconnects by itself after the database comes back.
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
         let shown = redacted(url);
+        let session_name = format!("master {}", common::protocol::new_instance_id());
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?
-            .application_name("master")
+            .application_name(&session_name)
             .options([("synchronous_commit", "on"), ("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
@@ -56,7 +94,14 @@ impl PgLedger {
             .await
             .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, session_name: session_name.into() })
+    }
+
+    /// Starts listening for task ends announced by the database (through any master).
+    pub async fn task_ends(&self) -> Result<TaskEnds, LedgerError> {
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(unavailable)?;
+        listener.listen(TASK_FINAL_CHANNEL).await.map_err(unavailable)?;
+        Ok(TaskEnds { listener, session_name: self.session_name.clone() })
     }
 
     async fn close_all(&self) {

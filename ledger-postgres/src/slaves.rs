@@ -1,6 +1,6 @@
 //! Statements about slaves: registration, state, deletion.
 
-use ledger::{LedgerError, Registration, SlaveDeletion, SlaveId, SlaveRow, SlaveState, Timestamp};
+use ledger::{LedgerError, Registration, SlaveDeletion, SlaveId, SlaveLoad, SlaveRow, SlaveState, Timestamp};
 
 use super::{PgLedger, unavailable};
 
@@ -59,6 +59,18 @@ impl PgLedger {
                       rfc3339(registered_at) AS "registered_at!: Timestamp",
                       rfc3339(last_seen_at) AS "last_seen_at!: Timestamp", instance
                  FROM slaves ORDER BY position"#
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    /// In-progress tasks per slave (on the partial index of in-progress tasks).
+    pub(crate) async fn slave_loads(&self) -> Result<Vec<SlaveLoad>, LedgerError> {
+        sqlx::query_as!(
+            SlaveLoad,
+            r#"SELECT slave_id AS "slave_id!: SlaveId", count(*) AS "running!"
+                 FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL GROUP BY slave_id"#
         )
         .fetch_all(&self.pool)
         .await

@@ -296,7 +296,8 @@ impl PgLedger {
     pub(crate) async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError> {
         sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(milliseconds_since(assigned_at), 0) AS "assigned_ms_ago!"
                  FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL ORDER BY id"#
         )
         .fetch_all(&self.pool)
@@ -342,9 +343,26 @@ impl PgLedger {
     pub(crate) async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
         sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(milliseconds_since(assigned_at), 0) AS "assigned_ms_ago!"
                  FROM tasks WHERE status = 'in_progress' AND slave_id = $1 ORDER BY id"#,
             slave.0
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    /// In-progress tasks past their deadline by the database's clock, the one clock
+    /// every master shares: how a task offered through a master that died is reaped.
+    pub(crate) async fn overdue(&self) -> Result<Vec<HeldTask>, LedgerError> {
+        sqlx::query_as!(
+            HeldTask,
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(milliseconds_since(assigned_at), 0) AS "assigned_ms_ago!"
+                 FROM tasks
+                WHERE status = 'in_progress' AND slave_id IS NOT NULL AND deadline_at < now()
+                ORDER BY id"#
         )
         .fetch_all(&self.pool)
         .await

@@ -10,6 +10,7 @@
 //!
 //! - `tasks`  — statements about tasks (submission, assignment, results, requeues, reads).
 //! - `slaves` — statements about slaves (registration, state, deletion).
+//! - `masters` — the master that runs on the file records itself (`GET /masters`).
 //! - `writer` — the single writer task and its group commit.
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod file;
+mod masters;
 mod slaves;
 mod tasks;
 mod writer;
@@ -55,6 +57,32 @@ pub struct SqliteLedger {
     /// Why writes fail now, as the writer last found (`None`: they commit).
     fault: Fault,
     writer: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// The file, locked (`flock`) while this ledger is open: one master per file.
+    lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
+}
+
+/// Opens (creating) the file at `path` and takes an exclusive `flock` on it, so a
+/// second master on the same file is refused with words rather than sharing it: the
+/// group-commit writer and the in-memory registry assume they are alone (SPEC §11).
+/// SQLite's own locks are POSIX record locks, which `flock` does not touch, so
+/// `sqlite3` and other readers still open the file.
+fn lock_for_one_master(path: &Path) -> Result<std::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| error.to_string())?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err("another master is running on this file: SQLite takes one master; for several, \
+             share a PostgreSQL database (README \"Scaling out\")"
+                .to_owned())
+        }
+        Err(std::fs::TryLockError::Error(error)) => Err(format!("cannot lock the file: {error}")),
+    }
 }
 
 impl SqliteLedger {
@@ -70,6 +98,8 @@ impl SqliteLedger {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let shown = path.display().to_string();
+        let lock =
+            lock_for_one_master(path).map_err(|detail| LedgerError::Open { path: shown.clone(), detail })?;
         let mut writer = SqliteConnection::connect_with(&options).await.map_err(|error| {
             let detail = error.to_string();
             if is_corruption(&error) {
@@ -104,7 +134,14 @@ impl SqliteLedger {
             identity,
             fault: fault.clone(),
         }));
-        Ok(Self { reads, jobs, closing, fault, writer: Arc::new(tokio::sync::Mutex::new(Some(writer))) })
+        Ok(Self {
+            reads,
+            jobs,
+            closing,
+            fault,
+            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
+        })
     }
 
     /// Commits every queued write, then closes all connections, so SQLite checkpoints
@@ -117,6 +154,8 @@ impl SqliteLedger {
         if let Some(writer) = self.writer.lock().await.take() {
             let _ = writer.await;
         }
+        // Closed: another master may open the file now.
+        drop(self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
     }
 
     /// Runs `job` on the write connection in the next batch; resolves once committed.

@@ -1,7 +1,7 @@
 //! Statements about slaves: registration, state, deletion.
 
 use common::protocol::Registration;
-use ledger::{LedgerError, SlaveDeletion, SlaveId, SlaveRow, SlaveState, Timestamp};
+use ledger::{LedgerError, SlaveDeletion, SlaveId, SlaveLoad, SlaveRow, SlaveState, Timestamp};
 
 use super::SqliteLedger;
 
@@ -48,6 +48,17 @@ impl SqliteLedger {
                       registered_at AS "registered_at: Timestamp",
                       last_seen_at AS "last_seen_at: Timestamp", instance
                  FROM slaves ORDER BY position"#
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// In-progress tasks per slave.
+    pub(crate) async fn slave_loads(&self) -> Result<Vec<SlaveLoad>, LedgerError> {
+        Ok(sqlx::query_as!(
+            SlaveLoad,
+            r#"SELECT slave_id AS "slave_id!: SlaveId", COUNT(*) AS "running!: i64"
+                 FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL GROUP BY slave_id"#
         )
         .fetch_all(&self.reads)
         .await?)

@@ -372,10 +372,14 @@ impl SqliteLedger {
 
     /// Every in-progress task, with its slave and attempt (start-up and reconciliation).
     pub(crate) async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError> {
+        let now = Timestamp::now();
         Ok(sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
-                 FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL ORDER BY id"#
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(CAST((julianday(?1) - julianday(assigned_at)) * 86400000 AS INTEGER), 0)
+                          AS "assigned_ms_ago!: i64"
+                 FROM tasks WHERE status = 'in_progress' AND slave_id IS NOT NULL ORDER BY id"#,
+            now
         )
         .fetch_all(&self.reads)
         .await?)
@@ -407,11 +411,32 @@ impl SqliteLedger {
 
     /// In-progress tasks held by `slave`.
     pub(crate) async fn in_progress_on(&self, slave: SlaveId) -> Result<Vec<HeldTask>, LedgerError> {
+        let now = Timestamp::now();
         Ok(sqlx::query_as!(
             HeldTask,
-            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(CAST((julianday(?2) - julianday(assigned_at)) * 86400000 AS INTEGER), 0)
+                          AS "assigned_ms_ago!: i64"
                  FROM tasks WHERE status = 'in_progress' AND slave_id = ?1 ORDER BY id"#,
-            slave
+            slave,
+            now
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// In-progress tasks whose stored deadline has passed (timestamps sort as text).
+    pub(crate) async fn overdue(&self) -> Result<Vec<HeldTask>, LedgerError> {
+        let now = Timestamp::now();
+        Ok(sqlx::query_as!(
+            HeldTask,
+            r#"SELECT id AS "id!: TaskId", slave_id AS "slave_id!: SlaveId", attempts, delay_ms,
+                      COALESCE(CAST((julianday(?1) - julianday(assigned_at)) * 86400000 AS INTEGER), 0)
+                          AS "assigned_ms_ago!: i64"
+                 FROM tasks
+                WHERE status = 'in_progress' AND slave_id IS NOT NULL AND deadline_at < ?1
+                ORDER BY id"#,
+            now
         )
         .fetch_all(&self.reads)
         .await?)

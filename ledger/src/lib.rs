@@ -232,6 +232,28 @@ pub struct HeldTask {
     pub attempts: i64,
     /// Its simulated work, which lengthens its deadline.
     pub delay_ms: i64,
+    /// Milliseconds since it was assigned, by the ledger's clock: how another master
+    /// than the one that offered it tells an offer still in flight (SPEC §11).
+    pub assigned_ms_ago: i64,
+}
+
+/// How many tasks the ledger has in progress on a slave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlaveLoad {
+    pub slave_id: SlaveId,
+    pub running: i64,
+}
+
+/// A master that runs (or ran) on this ledger (`GET /masters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MasterRow {
+    pub id: i64,
+    /// Where it serves its API (`--advertise-url`, or its bound address).
+    pub url: String,
+    pub started_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    /// Refreshed its row within the master timeout and has not stopped.
+    pub up: bool,
 }
 
 /// One entry of a task's history (`task_events`), with its slave's name if it still
@@ -452,6 +474,20 @@ pub trait Engine {
     ) -> Result<bool, LedgerError>;
     /// Forgets a slave, unless a task is in progress on it.
     async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError>;
+    /// In-progress tasks per slave (slaves with none are left out).
+    async fn slave_loads(&self) -> Result<Vec<SlaveLoad>, LedgerError>;
+    /// In-progress tasks past their stored deadline, by the ledger's clock.
+    async fn overdue(&self) -> Result<Vec<HeldTask>, LedgerError>;
+
+    /// Records a master starting to serve at `url` (and drops rows unseen for a day);
+    /// its id.
+    async fn start_master(&self, url: &str) -> Result<i64, LedgerError>;
+    /// The master is alive: refreshes its `last_seen_at`. False if its row is gone.
+    async fn touch_master(&self, id: i64) -> Result<bool, LedgerError>;
+    /// The master stopped cleanly: it shows as down at once.
+    async fn stop_master(&self, id: i64) -> Result<(), LedgerError>;
+    /// Every recorded master, oldest first; `up` if seen within `timeout` and not stopped.
+    async fn masters(&self, timeout: Duration) -> Result<Vec<MasterRow>, LedgerError>;
 }
 
 /// Implements [`Engine`] for an engine type whose inherent methods carry the trait's
@@ -571,6 +607,27 @@ macro_rules! engine_by_inherent_methods {
                 id: $crate::SlaveId,
             ) -> Result<$crate::SlaveDeletion, $crate::LedgerError> {
                 Self::delete_slave(self, id).await
+            }
+            async fn slave_loads(&self) -> Result<Vec<$crate::SlaveLoad>, $crate::LedgerError> {
+                Self::slave_loads(self).await
+            }
+            async fn overdue(&self) -> Result<Vec<$crate::HeldTask>, $crate::LedgerError> {
+                Self::overdue(self).await
+            }
+            async fn start_master(&self, url: &str) -> Result<i64, $crate::LedgerError> {
+                Self::start_master(self, url).await
+            }
+            async fn touch_master(&self, id: i64) -> Result<bool, $crate::LedgerError> {
+                Self::touch_master(self, id).await
+            }
+            async fn stop_master(&self, id: i64) -> Result<(), $crate::LedgerError> {
+                Self::stop_master(self, id).await
+            }
+            async fn masters(
+                &self,
+                timeout: std::time::Duration,
+            ) -> Result<Vec<$crate::MasterRow>, $crate::LedgerError> {
+                Self::masters(self, timeout).await
             }
         }
     };

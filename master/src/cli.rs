@@ -33,6 +33,8 @@ pub enum Command {
     Cancel(TaskArgs),
     /// List slaves in registration order.
     Slaves(ClientArgs),
+    /// List the masters sharing the ledger, and whether each is up.
+    Masters(ClientArgs),
     /// Print a shell completion script, e.g. `master completions bash > /etc/bash_completion.d/master`.
     Completions {
         /// The shell to complete for.
@@ -48,6 +50,10 @@ pub struct ServeArgs {
     /// Address the API listens on (port 0 picks a free port).
     #[arg(long, env = "MASTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// URL other masters, slaves and people reach this master at, as `GET /masters`
+    /// lists it [default: http:// and the bound address].
+    #[arg(long, env = "MASTER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// The ledger: a SQLite file path (created if missing), or a `postgres://` /
     /// `postgresql://` URL of a PostgreSQL 15+ database (SPEC §11).
     #[arg(long, env = "MASTER_DB", default_value = config::DEFAULT_DB)]
@@ -104,6 +110,7 @@ impl ServeArgs {
         let insecure = self.insecure;
         let config = ServeConfig {
             listen: self.listen,
+            advertise_url: self.advertise_url,
             db: crate::ledger::Location::parse(&self.db),
             token: common::auth::Token::from_flag_or_file(self.token, self.token_file.as_deref())?,
             when_full: self.when_full,
@@ -128,7 +135,8 @@ impl ServeArgs {
 /// Where the client subcommands find the master.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Base URL of the master.
+    /// Base URL of the master, or a comma-separated list of masters sharing one ledger
+    /// (the next is tried when one cannot be reached).
     #[arg(long, env = "MASTER_URL", default_value = "http://127.0.0.1:8080")]
     pub master: String,
     /// Cluster token, sent as `Authorization: Bearer` (needed for cancel when set).

@@ -193,6 +193,32 @@ pub async fn slaves(args: ClientArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// `master masters`.
+pub async fn masters(args: ClientArgs) -> Result<(), ClientError> {
+    let client = Client::new(&args)?;
+    let list = client.api.masters().await?;
+    client.print(&list, |list| {
+        let this = list["this"].as_i64();
+        let rows: Vec<Vec<String>> = list["masters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let answered = if m["id"].as_i64() == this { " (answered)" } else { "" };
+                vec![
+                    format!("{}{answered}", m["id"]),
+                    text(&m["url"]),
+                    if m["up"].as_bool() == Some(true) { "up" } else { "down" }.to_owned(),
+                    text(&m["started_at"]),
+                    text(&m["last_seen_at"]),
+                ]
+            })
+            .collect();
+        table(&["ID", "URL", "STATE", "STARTED", "LAST SEEN"], &rows)
+    });
+    Ok(())
+}
+
 fn task_row(task: &Value) -> Vec<String> {
     let outcome = if task["result"].is_null() { text(&task["error"]) } else { task["result"].to_string() };
     vec![

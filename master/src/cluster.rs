@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     activity::Activity,
-    config::ServeConfig,
+    config::{self, ServeConfig},
     ledger::{
-        Cancellation, HeldTask, Ledger, LedgerError, Requeue, ResultRecording, SlaveDeletion, SlaveRow,
-        TaskRow,
+        Cancellation, HeldTask, Ledger, LedgerError, MasterRow, Requeue, ResultRecording, SlaveDeletion,
+        SlaveRow, TaskRow,
     },
     metrics::{Metrics, Reason, SlaveLabel},
     model::{MAX_SLAVE_NAME_CHARS, SlaveId, SlaveName, SlaveState, SlaveUrl, TaskId, TaskStatus},
@@ -60,6 +60,8 @@ struct Inner {
     dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
     accepting: AtomicBool,
+    /// This master's row in the ledger's `masters`, once recorded.
+    master_id: OnceLock<i64>,
 }
 
 /// Why a registration was refused (400).
@@ -124,6 +126,7 @@ impl Cluster {
                 activity: Activity::default(),
                 dispatch_wanted: Notify::new(),
                 accepting: AtomicBool::new(true),
+                master_id: OnceLock::new(),
             }),
         })
     }
@@ -240,9 +243,30 @@ impl Cluster {
             self.inner.waiters.forget_closed(id);
             return Ok(task);
         }
-        let _ = tokio::time::timeout(wait, finished).await;
-        self.inner.waiters.forget_closed(id);
-        self.inner.ledger.task(id).await
+        if !self.inner.ledger.is_shared() {
+            let _ = tokio::time::timeout(wait, finished).await;
+            self.inner.waiters.forget_closed(id);
+            return self.inner.ledger.task(id).await;
+        }
+        // Another master may record the end: the database announces it (`follow_task_ends`)
+        // and, in case an announcement is lost, the task is read again now and then.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut finished = finished;
+        loop {
+            let slice =
+                deadline.saturating_duration_since(tokio::time::Instant::now()).min(config::LONG_POLL_REREAD);
+            let _ = tokio::time::timeout(slice, finished).await;
+            self.inner.waiters.forget_closed(id);
+            finished = self.inner.waiters.subscribe(id);
+            let task = self.inner.ledger.task(id).await?;
+            if tokio::time::Instant::now() >= deadline
+                || task.as_ref().is_none_or(|task| task.status.is_final())
+            {
+                drop(finished);
+                self.inner.waiters.forget_closed(id);
+                return Ok(task);
+            }
+        }
     }
 
     /// Registers (or re-registers) a slave. A registering slave holds no tasks (SPEC §7),
@@ -279,6 +303,7 @@ impl Cluster {
         let url = SlaveUrl::parse(&registration.url).map_err(RegisterError::BadUrl)?;
         let registration = Registration { url: url.as_str().to_owned(), ..registration };
         if probe == Probe::Ask {
+            self.follow_slaves_if_shared().await?;
             self.inner.calls.availability(&registration.url).await.map_err(|why| {
                 RegisterError::BadUrl(format!("url `{}` does not answer as a slave: {why}", registration.url))
             })?;
@@ -321,7 +346,12 @@ impl Cluster {
     /// Takes a heartbeat: the slave is up (or draining); tasks it no longer lists
     /// (allowing for offers still in flight) are lost on it.
     pub async fn heartbeat(&self, slave: SlaveId, heartbeat: &Heartbeat) -> Result<Touch, LedgerError> {
-        let touch = self.inner.slaves.touch(slave, heartbeat.draining, heartbeat.instance.as_deref());
+        let instance = heartbeat.instance.as_deref();
+        let mut touch = self.inner.slaves.touch(slave, heartbeat.draining, instance);
+        if touch == Touch::Unknown && self.follow_slaves_if_shared().await? {
+            // Registered through another master: this one knows it from the ledger now.
+            touch = self.inner.slaves.touch(slave, heartbeat.draining, instance);
+        }
         let Touch::Taken(liveness, seen_at) = touch.clone() else { return Ok(touch) };
         let state = if heartbeat.draining { SlaveState::Draining } else { SlaveState::Up };
         self.inner.ledger.update_slave(slave, state, seen_at).await?;
@@ -338,7 +368,11 @@ impl Cluster {
         };
         let held: HashSet<i64> = heartbeat.running.iter().copied().collect();
         for task in self.inner.ledger.in_progress_on(slave).await? {
-            if !held.contains(&task.id.0) && !self.inner.timers.offered_within(task.id, grace) {
+            // Offered through another master: the ledger's clock says how long ago.
+            let in_flight = self.inner.timers.offered_within(task.id, grace).unwrap_or_else(|| {
+                Duration::from_millis(u64::try_from(task.assigned_ms_ago).unwrap_or(0)) < grace
+            });
+            if !held.contains(&task.id.0) && !in_flight {
                 self.requeue(task, "the slave no longer holds it".to_owned()).await?;
             }
         }
@@ -438,7 +472,7 @@ impl Cluster {
         for overdue in self.inner.timers.overdue() {
             let (slave, id, attempt) = (overdue.slave, overdue.task, overdue.attempt);
             // The delay is not needed to requeue; the guarded write checks the rest.
-            let task = HeldTask { id, slave_id: slave, attempts: attempt, delay_ms: 0 };
+            let task = HeldTask { id, slave_id: slave, attempts: attempt, delay_ms: 0, assigned_ms_ago: 0 };
             match self.requeue(task, "it ran past its deadline".to_owned()).await? {
                 Requeue::NotHeld => {
                     self.inner.timers.stop(id, slave, attempt);
@@ -446,7 +480,127 @@ impl Cluster {
                 Requeue::Pending { .. } | Requeue::Failed => self.tell_slave_to_drop(slave, id, attempt),
             }
         }
+        if self.inner.ledger.is_shared() {
+            // Offered through a master that died: nobody else keeps its deadline, so the
+            // ledger's (on the database's clock) counts. Racing reapers: one requeue wins.
+            for task in self.inner.ledger.overdue().await? {
+                if self.inner.timers.knows(task.id) {
+                    continue;
+                }
+                let (slave, id, attempt) = (task.slave_id, task.id, task.attempts);
+                if self.requeue(task, "it ran past its deadline".to_owned()).await? != Requeue::NotHeld {
+                    self.tell_slave_to_drop(slave, id, attempt);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// On a shared ledger, reads the slaves and their loads as every master wrote them
+    /// into the registry (waking the dispatcher if a slot freed). False on SQLite.
+    async fn follow_slaves_if_shared(&self) -> Result<bool, LedgerError> {
+        if !self.inner.ledger.is_shared() {
+            return Ok(false);
+        }
+        let rows = self.inner.ledger.slaves().await?;
+        let loads = self.inner.ledger.slave_loads().await?;
+        if self.inner.slaves.follow(&rows, &loads) {
+            self.wake_dispatcher();
+        }
+        Ok(true)
+    }
+
+    /// Runs until `stop`: keeps this master's row in `masters` fresh and, on a shared
+    /// ledger, follows what other masters write — slaves and loads every
+    /// [`config::LEDGER_FOLLOW_PERIOD`], task ends as the database announces them.
+    pub async fn follow_ledger(self, stop: CancellationToken) {
+        let ends = tokio::spawn(self.clone().follow_task_ends(stop.clone()));
+        let mut refreshed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(config::LEDGER_FOLLOW_PERIOD) => {}
+                () = stop.cancelled() => break,
+            }
+            if let Err(error) = self.follow_slaves_if_shared().await {
+                tracing::warn!(%error, "could not read the slaves from the ledger");
+            }
+            if refreshed.elapsed() >= config::MASTER_REFRESH {
+                refreshed = tokio::time::Instant::now();
+                if let Some(&id) = self.inner.master_id.get() {
+                    match self.inner.ledger.touch_master(id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(master_id = id, "this master's row is gone from the ledger")
+                        }
+                        Err(error) => tracing::warn!(%error, "could not refresh this master's row"),
+                    }
+                }
+            }
+        }
+        let _ = ends.await;
+        if let Some(&id) = self.inner.master_id.get() {
+            if let Err(error) = self.inner.ledger.stop_master(id).await {
+                tracing::warn!(%error, "could not record this master's stop");
+            }
+        }
+    }
+
+    /// Wakes long polls for tasks that ended through other masters, and counts those
+    /// ends in the live charts. Reconnects after a lost connection (long polls re-read
+    /// meanwhile). Returns at once on SQLite.
+    async fn follow_task_ends(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let Some(listening) = self.inner.ledger.task_ends().await else { return };
+            let mut ends = match listening {
+                Ok(ends) => ends,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for task ends; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let ended = tokio::select! {
+                    ended = ends.next() => ended,
+                    () = stop.cancelled() => return,
+                };
+                match ended {
+                    Ok(ended) if !ended.here => {
+                        self.inner.waiters.notify(ended.task);
+                        self.inner.activity.finished(None);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the task-end listener; listening again");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records this master in the ledger's `masters` as serving at `url`.
+    pub async fn record_master(&self, url: &str) -> Result<(), LedgerError> {
+        let id = self.inner.ledger.start_master(url).await?;
+        let _ = self.inner.master_id.set(id);
+        tracing::info!(master_id = id, %url, "master recorded in the ledger");
+        Ok(())
+    }
+
+    /// The masters on this ledger (`GET /masters`).
+    pub async fn masters(&self) -> Result<Vec<MasterRow>, LedgerError> {
+        self.inner.ledger.masters(config::MASTER_TIMEOUT).await
+    }
+
+    /// This master's id in `masters`, once recorded.
+    pub fn master_id(&self) -> Option<i64> {
+        self.inner.master_id.get().copied()
     }
 
     /// The Prometheus text of every metric, with the gauges (slaves, queue depth) read

@@ -18,6 +18,16 @@ pub const DEFAULT_SLAVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// Base deadline of an in-progress task; its `delay_ms` is added.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a master refreshes its row in `masters` (`GET /masters`).
+pub const MASTER_REFRESH: Duration = Duration::from_secs(1);
+/// A master whose row is older than this is shown down.
+pub const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a master on a shared ledger re-reads the slaves and their loads, so a
+/// slot freed or a heartbeat taken through another master is seen within a second.
+pub const LEDGER_FOLLOW_PERIOD: Duration = Duration::from_millis(250);
+/// How often a long poll on a shared ledger re-reads its task, in case the database's
+/// announcement of its end was lost (a listener reconnecting).
+pub const LONG_POLL_REREAD: Duration = Duration::from_secs(1);
 /// Offers a task may lose before it fails.
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
 /// Pending tasks allowed in queue mode.
@@ -36,6 +46,8 @@ pub enum WhenFull {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// The URL others reach this master's API at (`GET /masters`); the bound address if unset.
+    pub advertise_url: Option<String>,
     pub db: Location,
     pub token: Token,
     pub when_full: WhenFull,
@@ -56,6 +68,7 @@ impl ServeConfig {
     pub fn new(listen: SocketAddr, db: Location) -> Self {
         Self {
             listen,
+            advertise_url: None,
             db,
             token: Token::default(),
             when_full: WhenFull::Reject,

@@ -5,11 +5,12 @@
 use std::{path::PathBuf, time::Duration};
 
 pub use ledger::{
-    AssignFrom, Cancellation, Counts, Engine, HeldTask, LedgerError, Requeue, ResultRecording, SlaveDeletion,
-    SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
+    AssignFrom, Cancellation, Counts, Engine, HeldTask, LedgerError, MasterRow, Requeue, ResultRecording,
+    SlaveDeletion, SlaveLoad, SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
 };
 use ledger::{Outcome, Registration};
 use ledger_postgres::PgLedger;
+pub use ledger_postgres::{TaskEnded, TaskEnds};
 use ledger_sqlite::SqliteLedger;
 
 use crate::{
@@ -80,6 +81,21 @@ impl Ledger {
             }
             Location::Postgres(url) => Self::Postgres(PgLedger::open(url).await?),
         })
+    }
+
+    /// Whether other masters may share this ledger (PostgreSQL): then the master follows
+    /// what they write (slaves, loads, task ends) instead of trusting its memory alone.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Listens for task ends announced by the database; `None` on SQLite, where this
+    /// master records every end itself.
+    pub async fn task_ends(&self) -> Option<Result<TaskEnds, LedgerError>> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(engine) => Some(engine.task_ends().await),
+        }
     }
 
     pub async fn probe_writable(&self) -> Result<(), LedgerError> {
@@ -197,5 +213,29 @@ impl Ledger {
 
     pub async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {
         on_engine!(self, engine => engine.delete_slave(id).await)
+    }
+
+    pub async fn slave_loads(&self) -> Result<Vec<SlaveLoad>, LedgerError> {
+        on_engine!(self, engine => engine.slave_loads().await)
+    }
+
+    pub async fn overdue(&self) -> Result<Vec<HeldTask>, LedgerError> {
+        on_engine!(self, engine => engine.overdue().await)
+    }
+
+    pub async fn start_master(&self, url: &str) -> Result<i64, LedgerError> {
+        on_engine!(self, engine => engine.start_master(url).await)
+    }
+
+    pub async fn touch_master(&self, id: i64) -> Result<bool, LedgerError> {
+        on_engine!(self, engine => engine.touch_master(id).await)
+    }
+
+    pub async fn stop_master(&self, id: i64) -> Result<(), LedgerError> {
+        on_engine!(self, engine => engine.stop_master(id).await)
+    }
+
+    pub async fn masters(&self, timeout: Duration) -> Result<Vec<MasterRow>, LedgerError> {
+        on_engine!(self, engine => engine.masters(timeout).await)
     }
 }

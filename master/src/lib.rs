@@ -1,4 +1,5 @@
-//! The master: an SQLite task ledger that delegates math-expression tasks to slaves.
+//! The master: a task ledger (SQLite, or PostgreSQL shared by several masters) that
+//! delegates math-expression tasks to slaves.
 //!
 //! - `model`    — ids, statuses, and the parsed inputs (`NewTask`, `SlaveUrl`).
 //! - `ledger`   — every SQL statement and the single group-committing writer; the only
@@ -73,6 +74,7 @@ impl Master {
         let config = Arc::new(config);
         let http = slave::reporter::http_client().map_err(io::Error::other)?;
         let cluster = Cluster::start(ledger, config.clone(), metrics, http).await?;
+        cluster.record_master(config.advertise_url.as_deref().unwrap_or(&master_url)).await?;
         let mut local_slaves = Vec::with_capacity(config.local_slaves);
         for number in 1..=config.local_slaves {
             let name = format!("slave-{number}");
@@ -128,6 +130,7 @@ impl Master {
         let loops = TaskTracker::new();
         loops.spawn(cluster.clone().dispatcher(stop.child_token()));
         loops.spawn(cluster.clone().reaper(stop.child_token()));
+        loops.spawn(cluster.clone().follow_ledger(stop.child_token()));
         loops.spawn(memory::trim_periodically(stop.child_token()));
         let slaves_stop = CancellationToken::new();
         let slaves = TaskTracker::new();

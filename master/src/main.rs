@@ -30,6 +30,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(args) => Ok(client::task(args).await?),
         Command::Cancel(args) => Ok(client::cancel(args).await?),
         Command::Slaves(args) => Ok(client::slaves(args).await?),
+        Command::Masters(args) => Ok(client::masters(args).await?),
         Command::Bench(args) => Ok(master_bench::run(args).await?),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use serde::Serialize;
 
 use crate::{
-    ledger::SlaveRow,
+    ledger::{SlaveLoad, SlaveRow},
     model::{SlaveId, SlaveState, Timestamp},
 };
 
@@ -39,6 +39,9 @@ struct Entry {
     refused: bool,
     /// The process run that registered it last.
     instance: Option<String>,
+    /// State and `last_seen_at` as this master last wrote or read them in the ledger:
+    /// a change there is another master's doing (a heartbeat it took, a `down` it wrote).
+    in_ledger: (SlaveState, Timestamp),
 }
 
 /// A slave picked for one offer, with a slot reserved for it in the view.
@@ -92,6 +95,26 @@ pub enum Liveness {
     CameBack,
 }
 
+/// A slave fresh from its row, with nothing running, seen now.
+fn entry_of(row: &SlaveRow) -> Entry {
+    Entry {
+        id: row.id,
+        name: row.name.clone(),
+        url: row.url.clone(),
+        capacity: usize::try_from(row.capacity).unwrap_or(1).max(1),
+        running: 0,
+        position: row.position,
+        state: row.state,
+        registered_at: row.registered_at.clone(),
+        last_seen_at: row.last_seen_at.clone(),
+        last_seen: Instant::now(),
+        suspect: false,
+        refused: false,
+        instance: row.instance.clone(),
+        in_ledger: (row.state, row.last_seen_at.clone()),
+    }
+}
+
 /// Shared registry; cheap to clone. A std `Mutex`: every section is a short scan of a
 /// handful of slaves and never awaits.
 #[derive(Clone, Default)]
@@ -109,26 +132,54 @@ impl SlaveRegistry {
     /// ledger has in progress on it. Keeps the list in position order.
     pub fn upsert(&self, row: &SlaveRow, running: usize) {
         let mut slaves = self.slaves();
-        let entry = Entry {
-            id: row.id,
-            name: row.name.clone(),
-            url: row.url.clone(),
-            capacity: usize::try_from(row.capacity).unwrap_or(1).max(1),
-            running,
-            position: row.position,
-            state: row.state,
-            registered_at: row.registered_at.clone(),
-            last_seen_at: row.last_seen_at.clone(),
-            last_seen: Instant::now(),
-            suspect: false,
-            refused: false,
-            instance: row.instance.clone(),
-        };
+        let entry = Entry { running, ..entry_of(row) };
         match slaves.iter_mut().find(|e| e.id == row.id) {
             Some(existing) => *existing = entry,
             None => slaves.push(entry),
         }
         slaves.sort_by_key(|e| e.position);
+    }
+
+    /// Catches up with what other masters on a shared ledger wrote (SPEC §11): slaves
+    /// registered or deregistered through them, heartbeats they took (the slave counts
+    /// as seen now, on this master's monotonic clock), `down` they wrote, and the tasks
+    /// in progress on each slave (whoever offered them). `running` is a hint either way:
+    /// the slave's own reservation decides. True if some slave may have room it had not.
+    pub fn follow(&self, rows: &[SlaveRow], loads: &[SlaveLoad]) -> bool {
+        let mut slaves = self.slaves();
+        slaves.retain(|entry| rows.iter().any(|row| row.id == entry.id));
+        let mut freed = false;
+        for row in rows {
+            let running = loads
+                .iter()
+                .find(|load| load.slave_id == row.id)
+                .map_or(0, |load| usize::try_from(load.running).unwrap_or(0));
+            let Some(entry) = slaves.iter_mut().find(|e| e.id == row.id) else {
+                freed = true;
+                slaves.push(Entry { running, ..entry_of(row) });
+                continue;
+            };
+            freed |= running < entry.running;
+            entry.running = running;
+            entry.capacity = usize::try_from(row.capacity).unwrap_or(1).max(1);
+            entry.url.clone_from(&row.url);
+            entry.instance.clone_from(&row.instance);
+            let written = (row.state, row.last_seen_at.clone());
+            // A row older than what this master knows is a read that raced its own write.
+            if written != entry.in_ledger && row.last_seen_at >= entry.last_seen_at {
+                if row.last_seen_at > entry.last_seen_at && row.state != SlaveState::Down {
+                    entry.last_seen = Instant::now();
+                    entry.suspect = false;
+                    entry.refused = false;
+                    freed = true;
+                }
+                entry.state = row.state;
+                entry.last_seen_at = row.last_seen_at.clone();
+                entry.in_ledger = written;
+            }
+        }
+        slaves.sort_by_key(|e| e.position);
+        freed
     }
 
     /// Forgets a slave.
@@ -213,6 +264,8 @@ impl SlaveRegistry {
         entry.refused = false;
         entry.last_seen = Instant::now();
         entry.last_seen_at = Timestamp::now();
+        // What the caller writes to the ledger next, so following it is no news.
+        entry.in_ledger = (entry.state, entry.last_seen_at.clone());
         let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
         Touch::Taken(liveness, entry.last_seen_at.clone())
     }
@@ -235,6 +288,7 @@ impl SlaveRegistry {
             .filter(|e| e.state != SlaveState::Down && now.duration_since(e.last_seen) > timeout)
             .map(|e| {
                 e.state = SlaveState::Down;
+                e.in_ledger = (e.state, e.last_seen_at.clone());
                 (e.id, e.name.clone(), e.last_seen_at.clone())
             })
             .collect()
@@ -340,6 +394,27 @@ mod tests {
         assert_eq!(registry.touch(SlaveId(1), false, Some("an-older-run")), Touch::Superseded);
         assert!(matches!(registry.touch(SlaveId(1), false, Some("run-1")), Touch::Taken(..)));
         assert_eq!(registry.touch(SlaveId(9), false, None), Touch::Unknown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_and_loads_written_by_another_master_are_followed() {
+        let registry = SlaveRegistry::default();
+        let mut one = row(1, "slave-1", 2, 1);
+        registry.upsert(&one, 2);
+        assert_eq!(registry.reserve_next(&[]), None, "full as far as this master knows");
+        tokio::time::advance(Duration::from_secs(8)).await;
+        one.last_seen_at = Timestamp::in_future(Duration::from_secs(1));
+        let loads = [SlaveLoad { slave_id: SlaveId(1), running: 1 }];
+        assert!(registry.follow(&[one.clone(), row(2, "slave-2", 1, 2)], &loads), "a slot freed elsewhere");
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(registry.mark_silent_down(Duration::from_secs(10)).is_empty(), "seen through another master");
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2", "registered through another master");
+        one.state = SlaveState::Down;
+        one.last_seen_at = Timestamp::in_future(Duration::from_secs(2));
+        registry.follow(&[one], &[]);
+        let states: Vec<_> = registry.views().into_iter().map(|v| (v.name, v.state)).collect();
+        assert_eq!(states, [("slave-1".to_owned(), SlaveState::Down)], "slave-2 deregistered elsewhere");
     }
 
     #[tokio::test(start_paused = true)]

@@ -62,9 +62,15 @@ impl TaskTimers {
     }
 
     /// Whether `task` was offered less than `grace` ago (so a heartbeat that does not
-    /// list it yet may have been taken before the offer landed). Unknown: no.
-    pub fn offered_within(&self, task: TaskId, grace: Duration) -> bool {
-        self.timers().get(&task).is_some_and(|timer| timer.offered.elapsed() < grace)
+    /// list it yet may have been taken before the offer landed); `None` if this master
+    /// has no timer for it (another master on a shared ledger offered it).
+    pub fn offered_within(&self, task: TaskId, grace: Duration) -> Option<bool> {
+        self.timers().get(&task).map(|timer| timer.offered.elapsed() < grace)
+    }
+
+    /// Whether this master keeps a deadline for `task`.
+    pub fn knows(&self, task: TaskId) -> bool {
+        self.timers().contains_key(&task)
     }
 
     /// Every attempt whose deadline has passed.
@@ -106,10 +112,11 @@ mod tests {
         timers.start(TaskId(1), SlaveId(1), 1, Duration::from_secs(5));
         timers.start(TaskId(1), SlaveId(2), 2, Duration::from_secs(5));
         timers.stop(TaskId(1), SlaveId(1), 1);
-        assert!(timers.offered_within(TaskId(1), Duration::from_secs(1)));
+        assert_eq!(timers.offered_within(TaskId(1), Duration::from_secs(1)), Some(true));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(!timers.offered_within(TaskId(1), Duration::from_secs(1)));
+        assert_eq!(timers.offered_within(TaskId(1), Duration::from_secs(1)), Some(false));
         timers.stop(TaskId(1), SlaveId(2), 2);
+        assert_eq!(timers.offered_within(TaskId(1), Duration::from_secs(1)), None);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(timers.overdue().is_empty());
     }

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Base URL of the master.
+    /// Base URL of the master, or a comma-separated list of masters sharing one ledger:
+    /// calls go to the one that answered last and fail over in order (SPEC §11).
     #[arg(long, env = "SLAVE_MASTER", default_value = "http://127.0.0.1:8080")]
     master: String,
     /// Unique name; a restarted slave keeps its place in the order under the same name.

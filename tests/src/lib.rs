@@ -465,3 +465,109 @@ pub async fn open_ledger(db: &str) -> sqlx::AnyPool {
     let url = if db.starts_with("postgres") { db.to_owned() } else { format!("sqlite://{db}?mode=ro") };
     sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("open ledger")
 }
+
+/// Several masters on one PostgreSQL database (SPEC §11), and slaves given all of them
+/// as `--master A,B,C`.
+pub struct Masters {
+    pub db: String,
+    pub masters: Vec<Process>,
+    pub slaves: Vec<Process>,
+    pub http: Http,
+    pub options: MasterOptions,
+    /// Extra flags each slave gets.
+    pub slave_args: Vec<String>,
+}
+
+impl Masters {
+    /// `count` masters on a fresh database (started one after the other), then one
+    /// slave per capacity, registered in order, each up on every master. `None` when
+    /// no PostgreSQL server is available here (outside CI).
+    pub async fn start(
+        count: usize,
+        options: MasterOptions,
+        slave_args: Vec<String>,
+        capacities: &[u32],
+    ) -> Option<Masters> {
+        postgres::or_skip(postgres::server().await)?;
+        let db = postgres::fresh_database().await.expect("a fresh PostgreSQL database");
+        let masters = (0..count).map(|_| spawn_master(&db, &options)).collect();
+        let http = Http::new(options.token.as_deref());
+        let mut set = Masters { db, masters, slaves: Vec::new(), http, options, slave_args };
+        for (index, capacity) in capacities.iter().enumerate() {
+            set.add_slave(&format!("slave-{}", index + 1), *capacity).await;
+        }
+        Some(set)
+    }
+
+    /// Master `index`'s URL joined with `path`.
+    pub fn url(&self, index: usize, path: &str) -> String {
+        format!("{}{path}", self.masters[index].url)
+    }
+
+    /// Every master's URL, comma-separated, starting from master `first`.
+    pub fn list_from(&self, first: usize) -> String {
+        let count = self.masters.len();
+        (0..count).map(|step| self.masters[(first + step) % count].url.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts a slave given every master (master 0 first) and waits until each master
+    /// that is running lists it as up.
+    pub async fn add_slave(&mut self, name: &str, capacity: u32) {
+        let process = self.spawn_slave(name, capacity, 0);
+        self.slaves.push(process);
+        for index in 0..self.masters.len() {
+            self.wait_for_slave_state(index, name, "up").await;
+        }
+    }
+
+    /// Starts a slave whose master list begins at master `first`, without waiting.
+    pub fn spawn_slave(&self, name: &str, capacity: u32, first: usize) -> Process {
+        let mut args = vec![
+            "--master".to_owned(),
+            self.list_from(first),
+            "--name".to_owned(),
+            name.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--capacity".to_owned(),
+            capacity.to_string(),
+        ];
+        args.extend(self.slave_args.iter().cloned());
+        let mut envs = Vec::new();
+        if let Some(token) = &self.options.token {
+            envs.push(("CLUSTER_TOKEN", token.as_str()));
+        }
+        Process::spawn(name, &bins().slave, &args, &envs)
+    }
+
+    /// Waits until master `index`'s `GET /slaves` shows `name` in `state`.
+    pub async fn wait_for_slave_state(&self, index: usize, name: &str, state: &str) -> Value {
+        let what = format!("master {index} to list {name} as {state}");
+        eventually(&what, || async {
+            let slaves = self.http.get(&self.url(index, "/slaves")).await.body;
+            slaves["slaves"].as_array()?.iter().find(|s| s["name"] == name && s["state"] == state).cloned()
+        })
+        .await
+    }
+
+    /// `POST /tasks` to master `index`.
+    pub async fn submit(&self, index: usize, expression: &str, delay_ms: u64) -> Reply {
+        let body = json!({"expression": expression, "delay_ms": delay_ms});
+        self.http.post(&self.url(index, "/tasks"), &body).await
+    }
+
+    /// Long-polls master `index` until task `id` is final.
+    pub async fn wait_final(&self, index: usize, id: i64) -> Value {
+        eventually(&format!("task {id} to finish (through master {index})"), || async {
+            let reply = self.http.get(&self.url(index, &format!("/tasks/{id}?wait=5"))).await;
+            let task: master_client::Task = serde_json::from_value(reply.body.clone()).ok()?;
+            task.is_final().then_some(reply.body)
+        })
+        .await
+    }
+
+    /// Opens the shared ledger for assertions.
+    pub async fn ledger(&self) -> sqlx::AnyPool {
+        open_ledger(&self.db).await
+    }
+}

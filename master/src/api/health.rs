@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorCode, Json};
-use crate::activity::ActivityView;
+use crate::{activity::ActivityView, ledger::MasterRow};
 
 /// `GET /healthz` answer 200.
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,4 +65,32 @@ pub async fn activity(State(state): State<AppState>) -> Json<ActivityView> {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.cluster.render_metrics().await;
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// `GET /masters` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MasterList {
+    /// Every master recorded on this ledger in the last day, oldest first.
+    pub masters: Vec<MasterRow>,
+    /// The id of the master that answered.
+    pub this: Option<i64>,
+}
+
+/// The masters that share this ledger (SPEC §11): each records itself at start and
+/// refreshes its row every second; `up` when refreshed within 5 s and not stopped. On
+/// SQLite there is one at a time.
+#[utoipa::path(
+    get,
+    path = "/masters",
+    operation_id = "list_masters",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The masters, oldest first", body = MasterList),
+        (status = 503, description = "`ledger_unavailable`: the ledger cannot be read", body = ApiError,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    ),
+)]
+pub async fn masters(State(state): State<AppState>) -> Result<Json<MasterList>, ApiError> {
+    let masters = state.cluster.masters().await?;
+    Ok(Json(MasterList { masters, this: state.cluster.master_id() }))
 }

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/slaves", get(slaves::list))
         .route("/healthz", get(health::healthz))
         .route("/activity", get(health::activity))
+        .route("/masters", get(health::masters))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(protected)

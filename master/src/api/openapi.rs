@@ -17,7 +17,7 @@ use super::{health, slaves, tasks};
     info(
         title = "master",
         description = "Master of the math-task cluster: submits tasks to slaves in registration order and \
-            keeps every task in a SQLite ledger. Errors are `{\"error\": <code>, \"message\": <words>}`; every \
+            keeps every task in a SQLite or PostgreSQL ledger. Errors are `{\"error\": <code>, \"message\": <words>}`; every \
             503 carries `Retry-After`. Routes marked with `cluster_token` need `Authorization: Bearer <token>` \
             when the master runs with `--token` (401 otherwise)."
     ),
@@ -35,6 +35,7 @@ use super::{health, slaves, tasks};
         slaves::heartbeat,
         health::healthz,
         health::activity,
+        health::masters,
         health::metrics,
         crate::dashboard::page,
         openapi_json,

@@ -6,6 +6,7 @@ mod cli;
 mod core;
 mod hardening;
 mod load;
+mod masters;
 mod metrics;
 mod openapi;
 mod postgres;

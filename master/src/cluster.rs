@@ -538,10 +538,10 @@ impl Cluster {
             }
         }
         let _ = ends.await;
-        if let Some(&id) = self.inner.master_id.get() {
-            if let Err(error) = self.inner.ledger.stop_master(id).await {
-                tracing::warn!(%error, "could not record this master's stop");
-            }
+        if let Some(&id) = self.inner.master_id.get()
+            && let Err(error) = self.inner.ledger.stop_master(id).await
+        {
+            tracing::warn!(%error, "could not record this master's stop");
         }
     }
 

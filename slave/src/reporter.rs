@@ -153,10 +153,10 @@ impl Reporter {
     /// slave is draining, and again at the end so it re-dispatches what this slave no
     /// longer holds without waiting for the slave timeout.
     pub async fn send_heartbeat_now(&self) {
-        if let Some(id) = self.slave_id() {
-            if let Err(error) = self.heartbeat(id).await {
-                tracing::warn!(%error, "final heartbeat failed; the master will notice by timeout");
-            }
+        if let Some(id) = self.slave_id()
+            && let Err(error) = self.heartbeat(id).await
+        {
+            tracing::warn!(%error, "final heartbeat failed; the master will notice by timeout");
         }
     }
 

@@ -101,10 +101,10 @@ impl Slots {
     pub fn reserve(&self, task_id: i64, attempt: i64) -> (Reservation, CancellationToken) {
         let mut held = self.held();
         let running = count_running(&held);
-        if let Some(existing) = held.get(&task_id) {
-            if existing.attempt == attempt {
-                return (Reservation::AlreadyHeld { running }, existing.cancel.clone());
-            }
+        if let Some(existing) = held.get(&task_id)
+            && existing.attempt == attempt
+        {
+            return (Reservation::AlreadyHeld { running }, existing.cancel.clone());
         }
         if !self.is_accepting() || running >= self.capacity {
             return (Reservation::Full { running }, CancellationToken::new());

@@ -39,9 +39,6 @@ struct Entry {
     refused: bool,
     /// The process run that registered it last.
     instance: Option<String>,
-    /// State and `last_seen_at` as this master last wrote or read them in the ledger:
-    /// a change there is another master's doing (a heartbeat it took, a `down` it wrote).
-    in_ledger: (SlaveState, Timestamp),
 }
 
 /// A slave picked for one offer, with a slot reserved for it in the view.
@@ -111,7 +108,6 @@ fn entry_of(row: &SlaveRow) -> Entry {
         suspect: false,
         refused: false,
         instance: row.instance.clone(),
-        in_ledger: (row.state, row.last_seen_at.clone()),
     }
 }
 
@@ -164,10 +160,12 @@ impl SlaveRegistry {
             entry.capacity = usize::try_from(row.capacity).unwrap_or(1).max(1);
             entry.url.clone_from(&row.url);
             entry.instance.clone_from(&row.instance);
-            let written = (row.state, row.last_seen_at.clone());
-            // A row older than what this master knows is a read that raced its own write.
-            if written != entry.in_ledger && row.last_seen_at >= entry.last_seen_at {
-                if row.last_seen_at > entry.last_seen_at && row.state != SlaveState::Down {
+            // Newer news of the slave than this master has: someone heard from it (or
+            // it registered again). The same news with `down`: another reaper judged it
+            // on the same silence. Anything else is a read that raced this master's own
+            // write of newer news, and is left alone.
+            if row.last_seen_at > entry.last_seen_at {
+                if row.state != SlaveState::Down {
                     entry.last_seen = Instant::now();
                     entry.suspect = false;
                     entry.refused = false;
@@ -175,7 +173,8 @@ impl SlaveRegistry {
                 }
                 entry.state = row.state;
                 entry.last_seen_at = row.last_seen_at.clone();
-                entry.in_ledger = written;
+            } else if row.last_seen_at == entry.last_seen_at && row.state == SlaveState::Down {
+                entry.state = SlaveState::Down;
             }
         }
         slaves.sort_by_key(|e| e.position);
@@ -264,8 +263,6 @@ impl SlaveRegistry {
         entry.refused = false;
         entry.last_seen = Instant::now();
         entry.last_seen_at = Timestamp::now();
-        // What the caller writes to the ledger next, so following it is no news.
-        entry.in_ledger = (entry.state, entry.last_seen_at.clone());
         let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
         Touch::Taken(liveness, entry.last_seen_at.clone())
     }
@@ -288,7 +285,6 @@ impl SlaveRegistry {
             .filter(|e| e.state != SlaveState::Down && now.duration_since(e.last_seen) > timeout)
             .map(|e| {
                 e.state = SlaveState::Down;
-                e.in_ledger = (e.state, e.last_seen_at.clone());
                 (e.id, e.name.clone(), e.last_seen_at.clone())
             })
             .collect()
@@ -410,8 +406,11 @@ mod tests {
         assert!(registry.mark_silent_down(Duration::from_secs(10)).is_empty(), "seen through another master");
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2", "registered through another master");
+        one.state = SlaveState::Up;
+        let stale = SlaveRow { last_seen_at: Timestamp::now(), ..one.clone() };
+        registry.follow(&[stale], &[]);
+        assert_eq!(registry.views()[0].last_seen_at, one.last_seen_at, "an older row changes nothing");
         one.state = SlaveState::Down;
-        one.last_seen_at = Timestamp::in_future(Duration::from_secs(2));
         registry.follow(&[one], &[]);
         let states: Vec<_> = registry.views().into_iter().map(|v| (v.name, v.state)).collect();
         assert_eq!(states, [("slave-1".to_owned(), SlaveState::Down)], "slave-2 deregistered elsewhere");

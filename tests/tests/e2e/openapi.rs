@@ -12,6 +12,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/activity", &["get"]),
     ("/get-tasks", &["get"]),
     ("/healthz", &["get"]),
+    ("/masters", &["get"]),
     ("/metrics", &["get"]),
     ("/openapi.json", &["get"]),
     ("/slaves", &["get", "post"]),

@@ -49,6 +49,10 @@ const READ_PAGE: &str = r##"
             name: row.dataset.name,
             cells: [...row.cells].map((cell) => cell.textContent.trim()),
         })),
+        masters: [...document.querySelectorAll("#masters tbody tr[data-id]")].map((row) => ({
+            state: row.dataset.state,
+            url: row.cells[1].textContent.trim(),
+        })),
         tasks: [...document.querySelectorAll("#tasks tbody tr[data-task-id]")].map((row) => ({
             id: Number(row.dataset.taskId),
             status: text(row, ".status"),
@@ -186,6 +190,11 @@ async fn walk_through(browser: &Client, cluster: &Cluster) {
         let cells = &slave["cells"];
         assert_eq!((cells[2].as_str(), cells[3].as_str()), (Some("up"), Some("0 / 1")), "{slave}");
     }
+
+    let page =
+        page_until(browser, "the masters panel", |page| Some(!page["masters"].as_array()?.is_empty())).await;
+    let this_page = format!("{} (this page)", cluster.master.url);
+    assert_eq!(page["masters"], json!([{"state": "up", "url": this_page}]), "the one master, up");
 
     type_into(browser, "#expression", "2+3*4").await;
     type_into(browser, "#delay", "1500").await;

@@ -2,7 +2,13 @@
 //! over one keep-alive pool sized for the bench's windows, plus the two readings the
 //! workloads need (a refusal as "busy", the slaves that are up).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use common::{auth::Token, protocol::Variables};
 use master_client::{ClientError, MasterClient, Options};
@@ -14,10 +20,15 @@ use super::BenchError;
 /// a finished request's connection is reused rather than a new one dialled.
 const POOL_IDLE_PER_HOST: usize = 4200;
 
-/// A client of one master.
+/// A client of one master, or of several sharing a ledger: submissions and long polls
+/// go to each in turn (the generator spreads its load over them), other reads to the
+/// first.
 #[derive(Clone)]
 pub struct Api {
     client: MasterClient,
+    /// One client per master (sharing `client`'s pool), taken in turn.
+    each: Arc<[MasterClient]>,
+    turn: Arc<AtomicUsize>,
     timeout: Duration,
 }
 
@@ -32,9 +43,17 @@ pub enum Submission {
 
 impl Api {
     /// A client of the master at `base` (no trailing slash); `timeout` bounds each request.
+    /// `base` may be a comma-separated list of masters.
     pub fn new(base: &str, timeout: Duration) -> Result<Self, BenchError> {
         let options = Options { timeout, idle_connections: POOL_IDLE_PER_HOST };
-        Ok(Self { client: MasterClient::new(base, Token::default(), &options)?, timeout })
+        let client = MasterClient::new(base, Token::default(), &options)?;
+        let each = (0..client.bases().len()).map(|index| client.only(index)).collect();
+        Ok(Self { client, each, turn: Arc::new(AtomicUsize::new(0)), timeout })
+    }
+
+    /// The next master in turn.
+    fn next(&self) -> &MasterClient {
+        &self.each[self.turn.fetch_add(1, Ordering::Relaxed) % self.each.len()]
     }
 
     /// The per-request timeout.
@@ -50,7 +69,7 @@ impl Api {
         delay_ms: u64,
     ) -> Result<Submission, BenchError> {
         let delay_ms = i64::try_from(delay_ms).unwrap_or(i64::MAX);
-        match self.client.submit(expression, variables, delay_ms).await {
+        match self.next().submit(expression, variables, delay_ms).await {
             Ok(submitted) => Ok(Submission::Accepted(submitted.id)),
             Err(error) if matches!(error.code(), Some("full_capacity" | "queue_full")) => {
                 Ok(Submission::Busy)
@@ -61,7 +80,7 @@ impl Api {
 
     /// `GET /tasks/{id}`, long-polling up to `wait` for it to finish.
     pub async fn task(&self, id: i64, wait: Duration) -> Result<Task, BenchError> {
-        Ok(self.client.task(id, wait).await?)
+        Ok(self.next().task(id, wait).await?)
     }
 
     /// `GET /tasks?after=&limit=[&status=]`.

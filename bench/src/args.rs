@@ -35,9 +35,15 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub workload: Workload,
-    /// Drive this running master (loopback only) instead of starting a local cluster.
+    /// Drive this running master (loopback only) instead of starting a local cluster; a
+    /// comma-separated list spreads the clients over several masters on one ledger.
     #[arg(long, env = "MASTER_URL")]
     pub master: Option<String>,
+    /// Masters of the local cluster, sharing the `--db` PostgreSQL database (more than
+    /// one needs a `postgres://` --db and runs the slaves as processes given every
+    /// master); the clients are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub masters: u8,
     /// Tasks to run [default: throughput 20000, latency 1000, sleepy 20, ledger 1000000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub tasks: Option<u64>,

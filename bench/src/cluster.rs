@@ -23,6 +23,8 @@ pub struct LocalSpec {
     pub capacity: u32,
     pub when_full: WhenFull,
     pub slave_processes: bool,
+    /// Masters sharing the ledger (more than one: PostgreSQL, slave processes).
+    pub masters: usize,
     /// The ledger file; `None` for one in a temporary directory.
     pub db: Option<String>,
     /// `--worker-threads` of the master; `None` for its default.
@@ -105,13 +107,19 @@ struct Local {
     db: String,
     /// `None` only between the stop and the start of a restart.
     master: Option<Process>,
+    /// The masters after the first, sharing its PostgreSQL ledger.
+    more_masters: Vec<Process>,
     slaves: Vec<Process>,
 }
 
 impl Cluster {
     /// A running master on loopback (SPEC §10: the bench only ever targets this machine).
     pub async fn existing(url: &str, api_timeout: Duration) -> Result<Self, BenchError> {
-        let base = loopback_base(url)?;
+        let base = master_client::parse_bases(url)
+            .iter()
+            .map(|base| loopback_base(base))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(",");
         let api = Api::new(&base, api_timeout)?;
         api.healthz().await.map_err(|error| BenchError::Start(format!("{base} is not healthy: {error}")))?;
         Ok(Self { api, description: format!("existing master at {base}"), local: None })
@@ -124,10 +132,23 @@ impl Cluster {
             .tempdir()
             .map_err(|error| BenchError::Start(format!("cannot make a temporary directory: {error}")))?;
         let db = spec.db.clone().unwrap_or_else(|| dir.path().join("master.db").display().to_string());
+        if spec.masters > 1 && !db.starts_with("postgres") {
+            return Err(BenchError::Start(
+                "--masters above 1 needs --db postgres://…: SQLite takes one master".to_owned(),
+            ));
+        }
         let master = spawn_master(&spec, &db, dir.path(), "master").await?;
-        let api = Api::new(&master.url, api_timeout)?;
-        let master_url = master.url.clone();
-        let mut local = Local { dir, spec, db, master: Some(master), slaves: Vec::new() };
+        let mut more_masters = Vec::new();
+        for number in 2..=spec.masters {
+            more_masters.push(spawn_master(&spec, &db, dir.path(), &format!("master-{number}")).await?);
+        }
+        let master_url = std::iter::once(&master)
+            .chain(&more_masters)
+            .map(|master| master.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let api = Api::new(&master_url, api_timeout)?;
+        let mut local = Local { dir, spec, db, master: Some(master), more_masters, slaves: Vec::new() };
         if local.spec.slave_processes {
             for name in ["slave-1", "slave-2"] {
                 // One after the other, each registered before the next starts, so the
@@ -138,8 +159,12 @@ impl Cluster {
         }
         wait_for_slaves(&api, 2).await?;
         let kind = if local.spec.slave_processes { "slave processes" } else { "in-process slaves" };
+        let masters = match local.spec.masters {
+            1 => "master".to_owned(),
+            count => format!("{count} masters on one PostgreSQL"),
+        };
         let description = format!(
-            "local: master + 2 {kind} of capacity {}, --when-full {}",
+            "local: {masters} + 2 {kind} of capacity {}, --when-full {}",
             local.spec.capacity,
             when_full_flag(local.spec.when_full)
         );
@@ -167,9 +192,11 @@ impl Cluster {
         self.local.as_ref()?.slaves.iter().filter_map(|slave| slave.peak_rss_mb()).reduce(f64::max)
     }
 
-    /// CPU seconds the master process used so far (local clusters only).
+    /// CPU seconds the master processes used so far, together (local clusters only).
     pub fn master_cpu_seconds(&self) -> Option<f64> {
-        self.local.as_ref()?.master.as_ref()?.cpu_seconds()
+        let local = self.local.as_ref()?;
+        let first = local.master.as_ref()?.cpu_seconds()?;
+        Some(first + local.more_masters.iter().filter_map(Process::cpu_seconds).sum::<f64>())
     }
 
     /// CPU seconds the slave processes used so far, together (`--slave-processes` only).
@@ -184,6 +211,9 @@ impl Cluster {
         let Some(local) = self.local.as_mut() else {
             return Err(BenchError::Incomplete("restarting needs a local cluster (no --master)".to_owned()));
         };
+        if !local.more_masters.is_empty() {
+            return Err(BenchError::Incomplete("restarting is measured with one master".to_owned()));
+        }
         for slave in std::mem::take(&mut local.slaves) {
             slave.stop().await?;
         }
@@ -210,6 +240,9 @@ impl Cluster {
         let Some(local) = self.local else { return Ok(()) };
         for slave in local.slaves {
             slave.stop().await?;
+        }
+        for master in local.more_masters {
+            master.stop().await?;
         }
         match local.master {
             Some(master) => master.stop().await,

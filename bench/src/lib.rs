@@ -133,7 +133,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
                     _ => DEFAULT_CAPACITY,
                 }),
                 when_full: args.when_full.unwrap_or(WhenFull::Queue),
-                slave_processes: args.slave_processes,
+                slave_processes: args.slave_processes || args.masters > 1,
+                masters: usize::from(args.masters),
                 db: args.db.clone(),
                 worker_threads: args.worker_threads,
             };

@@ -306,4 +306,15 @@ async fn a_second_master_on_one_sqlite_file_is_refused_and_the_first_lists_itsel
         (json!(cluster.master.url), json!(true))
     );
     assert_eq!(listed["this"], masters[0]["id"]);
+    let printed = std::process::Command::new(&bins().master)
+        .args(["masters", "--json", "--master", &format!("http://127.0.0.1:1,{}", cluster.master.url)])
+        .output()
+        .expect("run master masters");
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed: Value = serde_json::from_slice(&printed.stdout).expect("JSON");
+    // The CLI moved on past the dead URL and printed the API's answer (read again, so
+    // `last_seen_at` may have moved on too).
+    assert_eq!(printed["this"], listed["this"]);
+    assert_eq!(printed["masters"][0]["url"], masters[0]["url"]);
+    assert_eq!(printed["masters"][0]["started_at"], masters[0]["started_at"]);
 }

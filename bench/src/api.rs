@@ -94,6 +94,17 @@ impl Api {
         Ok(slaves.into_iter().filter(|s| s.state == "up").map(|s| s.name).collect())
     }
 
+    /// The fewest slaves any one master lists as up (with several masters, each learns
+    /// of a slave registered through another within a fraction of a second).
+    pub async fn fewest_slaves_up(&self) -> Result<usize, BenchError> {
+        let mut fewest = usize::MAX;
+        for master in self.each.iter() {
+            let slaves = master.slaves().await?;
+            fewest = fewest.min(slaves.iter().filter(|s| s.state == "up").count());
+        }
+        Ok(fewest)
+    }
+
     /// `GET /metrics` (Prometheus text).
     pub async fn metrics_text(&self) -> Result<String, BenchError> {
         Ok(self.client.metrics_text().await?)

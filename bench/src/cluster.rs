@@ -313,7 +313,7 @@ async fn spawn_slave(name: &str, local: &Local, master_url: &str, api: &Api) -> 
 
 async fn wait_for_slaves(api: &Api, count: usize) -> Result<(), BenchError> {
     let deadline = Instant::now() + START_TIMEOUT;
-    while api.slave_names_up().await?.len() < count {
+    while api.fewest_slaves_up().await? < count {
         if Instant::now() > deadline {
             return Err(BenchError::Start(format!("fewer than {count} slaves are up in GET /slaves")));
         }

@@ -17,6 +17,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use ledger::{LedgerError, TaskId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
 
 mod masters;
 mod slaves;
@@ -31,17 +32,24 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest any one statement may run before the server cancels it.
 const STATEMENT_TIMEOUT: &str = "10s";
 
-/// The channel on which the database announces every task's end (a trigger on
-/// `task_events`; the payload is the task id and the ending session's name).
+/// The channel on which masters announce the tasks they ended (the payload: the
+/// announcing session's name, a space, and task ids separated by commas).
 const TASK_FINAL_CHANNEL: &str = "task_final";
+
+/// Most task ids in one announcement (a NOTIFY payload must stay under 8000 bytes).
+const MAX_IDS_PER_ANNOUNCEMENT: usize = 400;
+/// How long the announcer gathers ends after the first before it sends them.
+const ANNOUNCE_GATHER: Duration = Duration::from_millis(2);
 
 /// Handle to a PostgreSQL ledger; cheap to clone.
 #[derive(Clone)]
 pub struct PgLedger {
     pool: PgPool,
     /// This ledger's sessions' `application_name`, unique per open: tells the task ends
-    /// this master recorded from those recorded by others.
+    /// this master announced from those announced by others.
     session_name: Arc<str>,
+    /// Ends waiting for the announcer.
+    ends: mpsc::UnboundedSender<TaskId>,
 }
 
 /// A task ended, as announced by the database.
@@ -52,24 +60,67 @@ pub struct TaskEnded {
     pub here: bool,
 }
 
-/// Hears the database announce task ends (LISTEN `task_final`).
+/// Hears the task ends that masters announce (LISTEN `task_final`).
 pub struct TaskEnds {
     listener: PgListener,
     session_name: Arc<str>,
+    heard: std::collections::VecDeque<TaskEnded>,
 }
 
 impl TaskEnds {
     /// The next announced end. A lost connection is an error; the next call dials again
     /// and listens anew (ends announced in between are not heard: callers re-read).
     pub async fn next(&mut self) -> Result<TaskEnded, LedgerError> {
-        loop {
+        while self.heard.is_empty() {
             let notification = self.listener.recv().await.map_err(unavailable)?;
-            let (task, session) =
-                notification.payload().split_once(' ').unwrap_or((notification.payload(), ""));
-            let Ok(task) = task.parse() else { continue };
-            return Ok(TaskEnded { task: TaskId(task), here: session == &*self.session_name });
+            // "<session name> <id>,<id>,..."
+            let Some((session, ids)) = notification.payload().rsplit_once(' ') else { continue };
+            let here = session == &*self.session_name;
+            let ids = ids.split(',').filter_map(|id| id.parse().ok());
+            self.heard.extend(ids.map(|id| TaskEnded { task: TaskId(id), here }));
+        }
+        self.heard.pop_front().ok_or(LedgerError::Closed)
+    }
+}
+
+/// Sends the ends queued on `ends` as NOTIFYs on `task_final`, many ids each, until the
+/// ledger is dropped. An announcement is a hint (listeners re-read anyway), so it is
+/// committed without waiting for a WAL flush, and one that fails is dropped: that keeps
+/// it from holding PostgreSQL's notify lock, which every notifying commit takes, for the
+/// length of a flush.
+async fn announce(pool: PgPool, session_name: Arc<str>, mut ends: mpsc::UnboundedReceiver<TaskId>) {
+    let mut batch = Vec::with_capacity(MAX_IDS_PER_ANNOUNCEMENT);
+    while let Some(first) = ends.recv().await {
+        batch.push(first.0.to_string());
+        let gathering = tokio::time::sleep(ANNOUNCE_GATHER);
+        tokio::pin!(gathering);
+        while batch.len() < MAX_IDS_PER_ANNOUNCEMENT {
+            tokio::select! {
+                next = ends.recv() => match next {
+                    Some(id) => batch.push(id.0.to_string()),
+                    None => break,
+                },
+                () = &mut gathering => break,
+            }
+        }
+        let payload = format!("{session_name} {}", batch.join(","));
+        batch.clear();
+        if let Err(error) = notify(&pool, &payload).await {
+            tracing::debug!(%error, "task ends not announced; listeners will re-read");
         }
     }
+}
+
+async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+    // One statement, one implicit transaction: the local setting holds for its commit.
+    sqlx::query!(
+        r#"SELECT set_config('synchronous_commit', 'off', true) AS "set!", pg_notify($1, $2)::text AS "notified""#,
+        TASK_FINAL_CHANNEL,
+        payload
+    )
+    .fetch_one(pool)
+    .await
+    .map(drop)
 }
 
 impl PgLedger {
@@ -94,14 +145,24 @@ impl PgLedger {
             .await
             .map_err(|error| LedgerError::Open { path: shown.clone(), detail: error.to_string() })?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool, session_name: session_name.into() })
+        let session_name: Arc<str> = session_name.into();
+        let (ends, queued) = mpsc::unbounded_channel();
+        tokio::spawn(announce(pool.clone(), session_name.clone(), queued));
+        Ok(Self { pool, session_name, ends })
+    }
+
+    /// Announces that `task` ended here (recorded, failed or cancelled through this
+    /// master), so long polls on the other masters wake; sent within milliseconds,
+    /// together with the other ends of that moment.
+    pub fn announce_end(&self, task: TaskId) {
+        let _ = self.ends.send(task); // the announcer stops only with the runtime
     }
 
     /// Starts listening for task ends announced by the database (through any master).
     pub async fn task_ends(&self) -> Result<TaskEnds, LedgerError> {
         let mut listener = PgListener::connect_with(&self.pool).await.map_err(unavailable)?;
         listener.listen(TASK_FINAL_CHANNEL).await.map_err(unavailable)?;
-        Ok(TaskEnds { listener, session_name: self.session_name.clone() })
+        Ok(TaskEnds { listener, session_name: self.session_name.clone(), heard: Default::default() })
     }
 
     async fn close_all(&self) {

@@ -220,6 +220,7 @@ impl Cluster {
 
     fn task_finished(&self, id: TaskId, status: TaskStatus, round_trip: Option<Duration>) {
         self.inner.waiters.notify(id);
+        self.inner.ledger.announce_end(id);
         self.inner.activity.finished(round_trip);
         self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
     }
@@ -498,7 +499,7 @@ impl Cluster {
 
     /// On a shared ledger, reads the slaves and their loads as every master wrote them
     /// into the registry (waking the dispatcher if a slot freed). False on SQLite.
-    async fn follow_slaves_if_shared(&self) -> Result<bool, LedgerError> {
+    pub(crate) async fn follow_slaves_if_shared(&self) -> Result<bool, LedgerError> {
         if !self.inner.ledger.is_shared() {
             return Ok(false);
         }

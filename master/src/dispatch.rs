@@ -77,7 +77,12 @@ impl Cluster {
             return Err(self.rejected(SubmitError::ShuttingDown));
         }
         if !self.slaves().has_live_slaves() {
-            return Err(self.rejected(SubmitError::NoSlaves));
+            // On a shared ledger a slave may have registered through another master
+            // within the last follow period.
+            self.follow_slaves_if_shared().await?;
+            if !self.slaves().has_live_slaves() {
+                return Err(self.rejected(SubmitError::NoSlaves));
+            }
         }
         let queue_mode = self.config().when_full == WhenFull::Queue;
         // In queue mode a new task never overtakes one already waiting.

@@ -98,6 +98,14 @@ impl Ledger {
         }
     }
 
+    /// Tells the other masters on a shared ledger that `task` ended here; nothing on
+    /// SQLite.
+    pub fn announce_end(&self, task: TaskId) {
+        if let Self::Postgres(engine) = self {
+            engine.announce_end(task);
+        }
+    }
+
     pub async fn probe_writable(&self) -> Result<(), LedgerError> {
         on_engine!(self, engine => engine.probe_writable().await)
     }

@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// `--worker-threads` of the local master [default: one per core].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: Option<u16>,
+    /// Also draw the run's latency distribution and its completions over time into this
+    /// SVG file (throughput, latency, sleepy).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table (and no progress bar).
     #[arg(long)]
     pub json: bool,

@@ -24,6 +24,7 @@ mod args;
 mod cluster;
 mod flood;
 mod ledger_scale;
+mod plot;
 mod probe;
 mod report;
 mod rounds;
@@ -156,7 +157,25 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let report = outcome?;
     report.print(args.json);
     stopped?;
+    if let Some(path) = &args.plot {
+        write_plot(path, &report)?;
+    }
     report.verdict()
+}
+
+/// Writes the run's picture (`--plot`); a workload that kept no samples says so.
+fn write_plot(path: &std::path::Path, report: &Report) -> Result<(), BenchError> {
+    let title = format!("master bench {} — {}", report.workload, report.cluster);
+    let throughput = report.throughput_per_s.map_or_else(String::new, |rate| format!("{rate:.0} tasks/s, "));
+    let figures = format!("{} tasks, {throughput}{} lost", report.ok + report.failed, report.lost);
+    let Some(svg) = plot::svg(&title, &figures, &report.timeline) else {
+        return Err(BenchError::Incomplete(format!(
+            "--plot: the {} workload keeps no samples to draw",
+            report.workload
+        )));
+    };
+    std::fs::write(path, svg)
+        .map_err(|error| BenchError::Incomplete(format!("--plot: cannot write {}: {error}", path.display())))
 }
 
 /// A bar on stderr when stdout is a terminal and no JSON was asked for; hidden otherwise.

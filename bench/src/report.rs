@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{BenchError, Percentiles};
+use super::{BenchError, Percentiles, plot::Timeline};
 
 /// The figures of one run. Fields a workload cannot measure are `null`.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +33,9 @@ pub struct Report {
     /// What went wrong; the run exits non-zero when this is not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Samples for `--plot` (not printed).
+    #[serde(skip)]
+    pub timeline: Timeline,
 }
 
 impl Report {
@@ -52,6 +55,7 @@ impl Report {
             slave_peak_rss_mb: None,
             extra: Map::new(),
             problems: Vec::new(),
+            timeline: Timeline::default(),
         }
     }
 

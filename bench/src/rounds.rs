@@ -10,6 +10,7 @@ use super::{
     BenchError, LONG_POLL, Percentiles, Report, Run,
     api::{Api, Submission, Task},
     cluster::Cluster,
+    plot::Timeline,
     probe::Probe,
     stats,
 };
@@ -48,11 +49,13 @@ async fn measure_latency(cluster: &Cluster, run: &Run) -> Result<Report, BenchEr
         }
         rounds.push(round_trip);
         submits.push(submit);
+        report.timeline.finished.push(started.elapsed());
         run.progress.inc(1);
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.set("where_time_went", before.since(&Probe::read(cluster).await, run.tasks));
     report.throughput_per_s = Some(run.tasks as f64 / report.elapsed_s.max(f64::MIN_POSITIVE));
+    report.timeline.latencies.clone_from(&rounds);
     report.latency_ms = Percentiles::of(&mut rounds);
     report.set("latency_is", "POST /tasks + GET /tasks/{id}?wait=10 until final, one at a time");
     report.set("submit_latency_ms", Percentiles::of(&mut submits));
@@ -146,6 +149,7 @@ async fn measure_sleepy(cluster: &Cluster, run: &Run) -> Result<Report, BenchErr
     let makespan = per_task.iter().max().copied().unwrap_or_default();
     report.elapsed_s = makespan.as_secs_f64();
     report.throughput_per_s = Some(run.tasks as f64 / report.elapsed_s.max(f64::MIN_POSITIVE));
+    report.timeline = Timeline { latencies: per_task.clone(), finished: per_task.clone() };
     report.latency_ms = Percentiles::of(&mut per_task);
     report.set("latency_is", "first submit to each task seen final");
     report.set("makespan_s", makespan.as_secs_f64());

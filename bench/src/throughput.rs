@@ -53,6 +53,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Highest task id accepted.
     pub last_id: i64,
+    /// When each task was seen finished, from the first submit (for `--plot`).
+    pub finished_at: Vec<Duration>,
 }
 
 impl Outcome {
@@ -94,6 +96,8 @@ pub fn fill(report: &mut Report, mut outcome: Outcome) {
     report.lost = outcome.lost;
     report.elapsed_s = outcome.elapsed.as_secs_f64();
     report.throughput_per_s = outcome.throughput();
+    report.timeline.latencies.clone_from(&outcome.submit_latencies);
+    report.timeline.finished = std::mem::take(&mut outcome.finished_at);
     report.latency_ms = Percentiles::of(&mut outcome.submit_latencies);
     report.set("busy_retries", outcome.busy);
     report.set("errors", outcome.errors.len());
@@ -135,6 +139,7 @@ pub async fn drive(api: &Api, run: &Run, first: u64, count: u64) -> Result<Outco
                 match one_task(&api, &window, &stopped, n, deadline, &mut mine).await {
                     Ok(true) => {
                         last_finish = Some(Instant::now());
+                        mine.finished_at.push(started.elapsed());
                         progress.inc(1);
                     }
                     Ok(false) => {}
@@ -168,6 +173,7 @@ fn merge(total: &mut Outcome, mine: Outcome) {
     total.busy += mine.busy;
     total.errors.extend(mine.errors);
     total.submit_latencies.extend(mine.submit_latencies);
+    total.finished_at.extend(mine.finished_at);
     total.last_id = total.last_id.max(mine.last_id);
 }
 

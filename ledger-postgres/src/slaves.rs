@@ -77,22 +77,29 @@ impl PgLedger {
         .map_err(unavailable)
     }
 
-    /// `last_seen_at` is when this master last heard from the slave (RFC 3339 text).
-    pub(crate) async fn update_slave(
+    /// Seen now by the database's clock, the one every master shares, so masters whose
+    /// clocks disagree still agree on which news of a slave is newer.
+    pub(crate) async fn slave_seen(
         &self,
         id: SlaveId,
         state: SlaveState,
-        last_seen_at: Timestamp,
-    ) -> Result<bool, LedgerError> {
-        let updated = sqlx::query!(
-            "UPDATE slaves SET state = $1, last_seen_at = $2::text::timestamptz WHERE id = $3",
+    ) -> Result<Option<Timestamp>, LedgerError> {
+        sqlx::query_scalar!(
+            r#"UPDATE slaves SET state = $1, last_seen_at = now() WHERE id = $2
+               RETURNING rfc3339(last_seen_at) AS "last_seen_at!: Timestamp""#,
             state.as_str(),
-            last_seen_at.0,
             id.0,
         )
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)
+    }
+
+    pub(crate) async fn slave_down(&self, id: SlaveId) -> Result<bool, LedgerError> {
+        let updated = sqlx::query!("UPDATE slaves SET state = 'down' WHERE id = $1", id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(updated.rows_affected() == 1)
     }
 

@@ -64,23 +64,35 @@ impl SqliteLedger {
         .await?)
     }
 
-    /// Stores a slave's state and when it was last heard from.
-    pub(crate) async fn update_slave(
+    /// The slave was heard from now (this process's clock is the ledger's here).
+    pub(crate) async fn slave_seen(
         &self,
         id: SlaveId,
         state: SlaveState,
-        last_seen_at: Timestamp,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<Option<Timestamp>, LedgerError> {
+        let now = Timestamp::now();
         self.write(move |conn| {
             Box::pin(async move {
                 let updated = sqlx::query!(
                     "UPDATE slaves SET state = ?1, last_seen_at = ?2 WHERE id = ?3",
                     state,
-                    last_seen_at,
-                    id,
+                    now,
+                    id
                 )
                 .execute(&mut *conn)
                 .await?;
+                Ok((updated.rows_affected() == 1).then_some(now))
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn slave_down(&self, id: SlaveId) -> Result<bool, LedgerError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let updated = sqlx::query!("UPDATE slaves SET state = 'down' WHERE id = ?1", id)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(updated.rows_affected() == 1)
             })
         })

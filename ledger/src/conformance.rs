@@ -9,7 +9,7 @@ use common::protocol::{Outcome, Registration, Variables};
 
 use crate::{
     AssignFrom, Cancellation, Counts, Engine, Requeue, ResultRecording, SlaveDeletion, SlaveId, SlaveState,
-    Submission, TaskFilter, TaskId, TaskStatus, Timestamp,
+    Submission, TaskFilter, TaskId, TaskStatus,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -313,7 +313,13 @@ pub async fn slaves_keep_their_id_and_place_when_they_register_again<E: Engine>(
     assert!(first.position < second.position, "registration order");
     assert_eq!((first.state, first.capacity), (SlaveState::Up, 2));
     assert_eq!(first.instance.as_deref(), Some("slave-1-run-1"));
-    assert!(ledger.update_slave(first.id, SlaveState::Down, Timestamp::now()).await.unwrap());
+    assert!(ledger.slave_down(first.id).await.unwrap());
+    let down = ledger.slaves().await.unwrap().into_iter().find(|s| s.id == first.id).unwrap();
+    assert_eq!(
+        (down.state, down.last_seen_at),
+        (SlaveState::Down, first.last_seen_at.clone()),
+        "silence kept"
+    );
     let again = Registration {
         url: "http://127.0.0.1:9100".to_owned(),
         capacity: 5,
@@ -330,11 +336,12 @@ pub async fn slaves_keep_their_id_and_place_when_they_register_again<E: Engine>(
     let listed = ledger.slaves().await.unwrap();
     let names: Vec<_> = listed.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["slave-1", "slave-2"]);
-    assert!(ledger.update_slave(second.id, SlaveState::Draining, Timestamp::now()).await.unwrap());
-    assert_eq!(ledger.slaves().await.unwrap()[1].state, SlaveState::Draining);
-    assert!(
-        !ledger.update_slave(SlaveId(second.id.0 + 1000), SlaveState::Up, Timestamp::now()).await.unwrap()
-    );
+    let seen = ledger.slave_seen(second.id, SlaveState::Draining).await.unwrap().expect("known");
+    let stored = &ledger.slaves().await.unwrap()[1];
+    assert_eq!((stored.state, &stored.last_seen_at), (SlaveState::Draining, &seen));
+    assert!(seen >= second.last_seen_at, "seen now, by the ledger's clock");
+    assert_eq!(ledger.slave_seen(SlaveId(second.id.0 + 1000), SlaveState::Up).await.unwrap(), None);
+    assert!(!ledger.slave_down(SlaveId(second.id.0 + 1000)).await.unwrap());
 }
 
 pub async fn a_slave_holding_a_task_is_not_deleted_and_slave_ids_are_never_reused<E: Engine>(ledger: &E) {

@@ -465,13 +465,11 @@ pub trait Engine {
     async fn register_slave(&self, registration: Registration) -> Result<SlaveRow, LedgerError>;
     /// Every slave in registration order.
     async fn slaves(&self) -> Result<Vec<SlaveRow>, LedgerError>;
-    /// Stores a slave's state and when it was last heard from.
-    async fn update_slave(
-        &self,
-        id: SlaveId,
-        state: SlaveState,
-        last_seen_at: Timestamp,
-    ) -> Result<bool, LedgerError>;
+    /// A slave was heard from: stores its state (`up` or `draining`) and `last_seen_at`
+    /// = now by the ledger's clock, and returns that; `None` if there is no such slave.
+    async fn slave_seen(&self, id: SlaveId, state: SlaveState) -> Result<Option<Timestamp>, LedgerError>;
+    /// A slave went silent: `down`, its `last_seen_at` kept. False if there is no such slave.
+    async fn slave_down(&self, id: SlaveId) -> Result<bool, LedgerError>;
     /// Forgets a slave, unless a task is in progress on it.
     async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError>;
     /// In-progress tasks per slave (slaves with none are left out).
@@ -594,13 +592,15 @@ macro_rules! engine_by_inherent_methods {
             async fn slaves(&self) -> Result<Vec<$crate::SlaveRow>, $crate::LedgerError> {
                 Self::slaves(self).await
             }
-            async fn update_slave(
+            async fn slave_seen(
                 &self,
                 id: $crate::SlaveId,
                 state: $crate::SlaveState,
-                last_seen_at: $crate::Timestamp,
-            ) -> Result<bool, $crate::LedgerError> {
-                Self::update_slave(self, id, state, last_seen_at).await
+            ) -> Result<Option<$crate::Timestamp>, $crate::LedgerError> {
+                Self::slave_seen(self, id, state).await
+            }
+            async fn slave_down(&self, id: $crate::SlaveId) -> Result<bool, $crate::LedgerError> {
+                Self::slave_down(self, id).await
             }
             async fn delete_slave(
                 &self,

@@ -353,9 +353,15 @@ impl Cluster {
             // Registered through another master: this one knows it from the ledger now.
             touch = self.inner.slaves.touch(slave, heartbeat.draining, instance);
         }
-        let Touch::Taken(liveness, seen_at) = touch.clone() else { return Ok(touch) };
+        let Touch::Taken(liveness, _) = touch.clone() else { return Ok(touch) };
         let state = if heartbeat.draining { SlaveState::Draining } else { SlaveState::Up };
-        self.inner.ledger.update_slave(slave, state, seen_at).await?;
+        let Some(seen_at) = self.inner.ledger.slave_seen(slave, state).await? else {
+            // Deregistered (through another master) meanwhile: it registers again.
+            self.inner.slaves.remove(slave);
+            return Ok(Touch::Unknown);
+        };
+        // The ledger's clock, so every master compares news of the slave on one clock.
+        self.inner.slaves.seen_at(slave, seen_at);
         if liveness == Liveness::CameBack {
             tracing::info!(slave_id = %slave, "slave is up again");
             self.wake_dispatcher();
@@ -463,9 +469,9 @@ impl Cluster {
     #[tracing::instrument(name = "reaper", skip_all)]
     pub async fn sweep(&self) -> Result<(), LedgerError> {
         let timeout = self.inner.config.slave_timeout;
-        for (slave, name, last_seen_at) in self.inner.slaves.mark_silent_down(timeout) {
+        for (slave, name, _) in self.inner.slaves.mark_silent_down(timeout) {
             tracing::warn!(%slave, %name, ?timeout, "slave silent past the slave timeout: down");
-            self.inner.ledger.update_slave(slave, SlaveState::Down, last_seen_at).await?;
+            self.inner.ledger.slave_down(slave).await?;
             for task in self.inner.ledger.in_progress_on(slave).await? {
                 self.requeue(task, format!("{name} went silent")).await?;
             }

@@ -210,13 +210,12 @@ impl Ledger {
         on_engine!(self, engine => engine.slaves().await)
     }
 
-    pub async fn update_slave(
-        &self,
-        id: SlaveId,
-        state: SlaveState,
-        last_seen_at: Timestamp,
-    ) -> Result<bool, LedgerError> {
-        on_engine!(self, engine => engine.update_slave(id, state, last_seen_at).await)
+    pub async fn slave_seen(&self, id: SlaveId, state: SlaveState) -> Result<Option<Timestamp>, LedgerError> {
+        on_engine!(self, engine => engine.slave_seen(id, state).await)
+    }
+
+    pub async fn slave_down(&self, id: SlaveId) -> Result<bool, LedgerError> {
+        on_engine!(self, engine => engine.slave_down(id).await)
     }
 
     pub async fn delete_slave(&self, id: SlaveId) -> Result<SlaveDeletion, LedgerError> {

@@ -267,6 +267,14 @@ impl SlaveRegistry {
         Touch::Taken(liveness, entry.last_seen_at.clone())
     }
 
+    /// The ledger stored `at` as the slave's `last_seen_at` (its clock is the one every
+    /// master compares by).
+    pub fn seen_at(&self, id: SlaveId, at: Timestamp) {
+        if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
+            entry.last_seen_at = at;
+        }
+    }
+
     /// Who holds `name` now, if anyone.
     pub fn holder_of(&self, name: &str) -> Option<NameHolder> {
         self.slaves().iter().find(|e| e.name == name).map(|e| NameHolder {

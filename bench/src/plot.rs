@@ -66,11 +66,13 @@ fn latency_panel(out: &mut String, latencies: &[Duration]) {
     bars(out, 0, &title, &counts, (0.0, top), "ms", "#3b6fd6");
     for (label, at) in [("p50", p50), ("p99", p99)] {
         let x = LEFT[0] + at / top * PANEL_WIDTH;
+        // Labels near the right edge go left of their line, inside the panel.
+        let (text_x, anchor) =
+            if x > LEFT[0] + PANEL_WIDTH * 0.75 { (x - 3.0, "end") } else { (x + 3.0, "start") };
         let _ = write!(
             out,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#d6453b" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#d6453b">{label} {at:.2} ms</text>"##,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#d6453b" stroke-dasharray="4 3"/><text x="{text_x:.1}" y="{:.1}" fill="#d6453b" text-anchor="{anchor}">{label} {at:.2} ms</text>"##,
             TOP + PANEL_HEIGHT,
-            x + 3.0,
             TOP + if label == "p50" { 12.0 } else { 26.0 },
         );
     }

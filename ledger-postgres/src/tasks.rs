@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use ledger::{
-    AssignFrom, Cancellation, Counts, HeldTask, LedgerError, Outcome, Requeue, ResultRecording, SlaveId,
-    Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
+    AssignFrom, Cancellation, Counts, Cursor, HeldTask, LedgerError, Outcome, Requeue, ResultRecording,
+    SlaveId, Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
     lost_too_often, outcome_columns,
 };
 use sqlx::PgExecutor;
@@ -231,9 +231,13 @@ impl PgLedger {
     }
 
     pub(crate) async fn tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, LedgerError> {
-        // Two statements, so each gets the index that fits it (as on SQLite).
-        let rows = match filter.status {
-            Some(status) => {
+        // One statement per (status filter, direction) rather than `status = ? OR ? IS
+        // NULL`, so each runs on the index that fits it — (status, id) with a status, the
+        // primary key without — scanned either way. The slave filter is checked on the
+        // rows that index yields.
+        let slave = filter.slave.map(|slave| slave.0);
+        let rows = match (filter.status, filter.page) {
+            (Some(status), Cursor::After(after)) => {
                 sqlx::query_as!(
                     TaskRow,
                     r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
@@ -243,15 +247,17 @@ impl PgLedger {
                               rfc3339(t.assigned_at) AS "assigned_at: Timestamp",
                               rfc3339(t.finished_at) AS "finished_at: Timestamp"
                          FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
-                        WHERE t.status = $1 AND t.id > $2 ORDER BY t.id LIMIT $3"#,
+                        WHERE t.status = $1 AND t.id > $2 AND ($3::bigint IS NULL OR t.slave_id = $3)
+                        ORDER BY t.id LIMIT $4"#,
                     status.as_str(),
-                    filter.after.0,
+                    after.0,
+                    slave,
                     filter.limit,
                 )
                 .fetch_all(&self.pool)
                 .await
             }
-            None => {
+            (Some(status), Cursor::Before(before)) => {
                 sqlx::query_as!(
                     TaskRow,
                     r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
@@ -261,8 +267,49 @@ impl PgLedger {
                               rfc3339(t.assigned_at) AS "assigned_at: Timestamp",
                               rfc3339(t.finished_at) AS "finished_at: Timestamp"
                          FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
-                        WHERE t.id > $1 ORDER BY t.id LIMIT $2"#,
-                    filter.after.0,
+                        WHERE t.status = $1 AND t.id < $2 AND ($3::bigint IS NULL OR t.slave_id = $3)
+                        ORDER BY t.id DESC LIMIT $4"#,
+                    status.as_str(),
+                    before.0,
+                    slave,
+                    filter.limit,
+                )
+                .fetch_all(&self.pool)
+                .await
+            }
+            (None, Cursor::After(after)) => {
+                sqlx::query_as!(
+                    TaskRow,
+                    r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
+                              t.status AS "status!: TaskStatus", t.slave_id AS "slave_id: SlaveId",
+                              s.name AS "slave_name?", t.attempts, t.result, t.error,
+                              rfc3339(t.submitted_at) AS "submitted_at!: Timestamp",
+                              rfc3339(t.assigned_at) AS "assigned_at: Timestamp",
+                              rfc3339(t.finished_at) AS "finished_at: Timestamp"
+                         FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
+                        WHERE t.id > $1 AND ($2::bigint IS NULL OR t.slave_id = $2)
+                        ORDER BY t.id LIMIT $3"#,
+                    after.0,
+                    slave,
+                    filter.limit,
+                )
+                .fetch_all(&self.pool)
+                .await
+            }
+            (None, Cursor::Before(before)) => {
+                sqlx::query_as!(
+                    TaskRow,
+                    r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
+                              t.status AS "status!: TaskStatus", t.slave_id AS "slave_id: SlaveId",
+                              s.name AS "slave_name?", t.attempts, t.result, t.error,
+                              rfc3339(t.submitted_at) AS "submitted_at!: Timestamp",
+                              rfc3339(t.assigned_at) AS "assigned_at: Timestamp",
+                              rfc3339(t.finished_at) AS "finished_at: Timestamp"
+                         FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
+                        WHERE t.id < $1 AND ($2::bigint IS NULL OR t.slave_id = $2)
+                        ORDER BY t.id DESC LIMIT $3"#,
+                    before.0,
+                    slave,
                     filter.limit,
                 )
                 .fetch_all(&self.pool)

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use common::protocol::Outcome;
 use ledger::{
-    AssignFrom, Cancellation, Counts, HeldTask, LedgerError, Requeue, ResultRecording, SlaveId, Submission,
-    TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded, lost_too_often,
-    outcome_columns,
+    AssignFrom, Cancellation, Counts, Cursor, HeldTask, LedgerError, Requeue, ResultRecording, SlaveId,
+    Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
+    lost_too_often, outcome_columns,
 };
 use sqlx::SqliteConnection;
 
@@ -307,10 +307,13 @@ impl SqliteLedger {
 
     /// A page of tasks, oldest first.
     pub(crate) async fn tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, LedgerError> {
-        // Two statements rather than `?1 IS NULL OR status = ?1`, so each gets the index
-        // that fits it: (status, id) with a filter, the primary key without.
-        let rows = match filter.status {
-            Some(status) => {
+        // One statement per (status filter, direction) rather than `status = ? OR ? IS
+        // NULL`, so each runs on the index that fits it — (status, id) with a status, the
+        // primary key without — scanned either way. The slave filter is checked on the
+        // rows that index yields.
+        let slave = filter.slave.map(|slave| slave.0);
+        let rows = match (filter.status, filter.page) {
+            (Some(status), Cursor::After(after)) => {
                 sqlx::query_as!(
                     TaskRow,
                     r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
@@ -320,16 +323,17 @@ impl SqliteLedger {
                               t.assigned_at AS "assigned_at: Timestamp",
                               t.finished_at AS "finished_at: Timestamp"
                          FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
-                        WHERE t.status = ?1 AND t.id > ?2
-                        ORDER BY t.id LIMIT ?3"#,
+                        WHERE t.status = ?1 AND t.id > ?2 AND (?3 IS NULL OR t.slave_id = ?3)
+                        ORDER BY t.id LIMIT ?4"#,
                     status,
-                    filter.after,
+                    after,
+                    slave,
                     filter.limit,
                 )
                 .fetch_all(&self.reads)
                 .await?
             }
-            None => {
+            (Some(status), Cursor::Before(before)) => {
                 sqlx::query_as!(
                     TaskRow,
                     r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
@@ -339,9 +343,49 @@ impl SqliteLedger {
                               t.assigned_at AS "assigned_at: Timestamp",
                               t.finished_at AS "finished_at: Timestamp"
                          FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
-                        WHERE t.id > ?1
-                        ORDER BY t.id LIMIT ?2"#,
-                    filter.after,
+                        WHERE t.status = ?1 AND t.id < ?2 AND (?3 IS NULL OR t.slave_id = ?3)
+                        ORDER BY t.id DESC LIMIT ?4"#,
+                    status,
+                    before,
+                    slave,
+                    filter.limit,
+                )
+                .fetch_all(&self.reads)
+                .await?
+            }
+            (None, Cursor::After(after)) => {
+                sqlx::query_as!(
+                    TaskRow,
+                    r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
+                              t.status AS "status: TaskStatus", t.slave_id AS "slave_id: SlaveId",
+                              s.name AS "slave_name?", t.attempts, t.result, t.error,
+                              t.submitted_at AS "submitted_at: Timestamp",
+                              t.assigned_at AS "assigned_at: Timestamp",
+                              t.finished_at AS "finished_at: Timestamp"
+                         FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
+                        WHERE t.id > ?1 AND (?2 IS NULL OR t.slave_id = ?2)
+                        ORDER BY t.id LIMIT ?3"#,
+                    after,
+                    slave,
+                    filter.limit,
+                )
+                .fetch_all(&self.reads)
+                .await?
+            }
+            (None, Cursor::Before(before)) => {
+                sqlx::query_as!(
+                    TaskRow,
+                    r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,
+                              t.status AS "status: TaskStatus", t.slave_id AS "slave_id: SlaveId",
+                              s.name AS "slave_name?", t.attempts, t.result, t.error,
+                              t.submitted_at AS "submitted_at: Timestamp",
+                              t.assigned_at AS "assigned_at: Timestamp",
+                              t.finished_at AS "finished_at: Timestamp"
+                         FROM tasks t LEFT JOIN slaves s ON s.id = t.slave_id
+                        WHERE t.id < ?1 AND (?2 IS NULL OR t.slave_id = ?2)
+                        ORDER BY t.id DESC LIMIT ?3"#,
+                    before,
+                    slave,
                     filter.limit,
                 )
                 .fetch_all(&self.reads)

@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::protocol::{Outcome, Registration, Variables};
 
 use crate::{
-    AssignFrom, Cancellation, Counts, Engine, Requeue, ResultRecording, SlaveDeletion, SlaveId, SlaveState,
-    Submission, TaskFilter, TaskId, TaskStatus,
+    AssignFrom, Cancellation, Counts, Cursor, Engine, Requeue, ResultRecording, SlaveDeletion, SlaveId,
+    SlaveState, Submission, TaskFilter, TaskId, TaskStatus,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -370,7 +370,7 @@ pub async fn pages_of_tasks_follow_the_filter_and_the_cursor<E: Engine>(ledger: 
         }
         ids.push(id);
     }
-    let page = |status, after, limit| TaskFilter { status, after, limit };
+    let page = |status, after, limit| TaskFilter { status, slave: None, page: Cursor::After(after), limit };
     let all: Vec<_> =
         ledger.tasks(page(None, TaskId(0), 100)).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(all, ids);
@@ -391,6 +391,26 @@ pub async fn pages_of_tasks_follow_the_filter_and_the_cursor<E: Engine>(ledger: 
         .collect();
     assert_eq!(next, [ids[2]]);
     assert_eq!(ledger.counts().await.unwrap(), Counts { in_progress: 2, done: 3, ..Counts::default() });
+
+    // Newest first, by status and by slave.
+    let two = slave(ledger, "two").await;
+    let on_two = running(ledger, two).await;
+    let newest =
+        |status, slave, before, limit| TaskFilter { status, slave, page: Cursor::Before(before), limit };
+    let ids_of = |rows: Vec<crate::TaskRow>| rows.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let top = TaskId(i64::MAX);
+    assert_eq!(ids_of(ledger.tasks(newest(None, None, top, 3)).await.unwrap()), [on_two, ids[4], ids[3]]);
+    assert_eq!(ids_of(ledger.tasks(newest(None, None, ids[3], 2)).await.unwrap()), [ids[2], ids[1]]);
+    let done_newest = ids_of(ledger.tasks(newest(Some(TaskStatus::Done), None, ids[4], 5)).await.unwrap());
+    assert_eq!(done_newest, [ids[2], ids[0]]);
+    assert_eq!(ids_of(ledger.tasks(newest(None, Some(two), top, 10)).await.unwrap()), [on_two]);
+    let one_in_progress = TaskFilter {
+        status: Some(TaskStatus::InProgress),
+        slave: Some(one),
+        page: Cursor::After(TaskId(0)),
+        limit: 10,
+    };
+    assert_eq!(ids_of(ledger.tasks(one_in_progress).await.unwrap()), [ids[1], ids[3]]);
 }
 
 pub async fn timestamps_are_rfc3339_utc<E: Engine>(ledger: &E) {

@@ -284,8 +284,19 @@ pub struct Counts {
 #[derive(Debug, Clone, Copy)]
 pub struct TaskFilter {
     pub status: Option<TaskStatus>,
-    pub after: TaskId,
+    /// Only tasks last assigned to this slave.
+    pub slave: Option<SlaveId>,
+    pub page: Cursor,
     pub limit: i64,
+}
+
+/// Where a page of tasks starts, and which way it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Oldest first, ids above this one.
+    After(TaskId),
+    /// Newest first, ids below this one.
+    Before(TaskId),
 }
 
 /// How a result report was taken (SPEC §4 `POST /tasks/{id}/result`).
@@ -452,7 +463,8 @@ pub trait Engine {
     async fn counts(&self) -> Result<Counts, LedgerError>;
     /// The oldest pending tasks, for the dispatcher.
     async fn oldest_pending(&self, limit: i64) -> Result<Vec<TaskRow>, LedgerError> {
-        self.tasks(TaskFilter { status: Some(TaskStatus::Pending), after: TaskId(0), limit }).await
+        let page = Cursor::After(TaskId(0));
+        self.tasks(TaskFilter { status: Some(TaskStatus::Pending), slave: None, page, limit }).await
     }
     /// Every in-progress task with its slave and attempt.
     async fn in_progress(&self) -> Result<Vec<HeldTask>, LedgerError>;

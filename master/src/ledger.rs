@@ -5,8 +5,8 @@
 use std::{path::PathBuf, time::Duration};
 
 pub use ledger::{
-    AssignFrom, Cancellation, Counts, Engine, HeldTask, LedgerError, MasterRow, Requeue, ResultRecording,
-    SlaveDeletion, SlaveLoad, SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
+    AssignFrom, Cancellation, Counts, Cursor, Engine, HeldTask, LedgerError, MasterRow, Requeue,
+    ResultRecording, SlaveDeletion, SlaveLoad, SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
 };
 use ledger::{Outcome, Registration};
 use ledger_postgres::PgLedger;

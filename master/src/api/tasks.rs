@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{ApiError, AppState, ErrorCode, Json, Path, Query};
 use crate::{
     dispatch::Submitted,
-    ledger::{Cancellation, Counts, ResultRecording, TaskEvent, TaskFilter, TaskRow},
+    ledger::{Cancellation, Counts, Cursor, ResultRecording, TaskEvent, TaskFilter, TaskRow},
     model::{NewTask, SlaveId, TaskId, TaskStatus, Timestamp},
 };
 
@@ -198,8 +198,18 @@ pub struct ListParams {
     /// Page size, 1..=1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// Only tasks with a larger id: the `next` cursor of the previous page.
+    /// Oldest first (the default), only tasks with a larger id: the `next` cursor of the
+    /// previous page.
     after: Option<i64>,
+    /// Newest first, only tasks with a smaller id: the `next` cursor of the previous
+    /// page when listing newest first. Not with `after`.
+    before: Option<i64>,
+    /// `oldest` (default) or `newest`: which end the list starts from (`before` implies
+    /// `newest`).
+    #[param(value_type = Option<String>, example = "newest")]
+    order: Option<String>,
+    /// Only tasks last assigned to the slave with this id.
+    slave: Option<i64>,
 }
 
 /// `GET /tasks` answer.
@@ -210,7 +220,8 @@ pub struct TaskList {
     pub next: Option<TaskId>,
 }
 
-/// List tasks, oldest first, with the counts by status and a cursor to the next page.
+/// List tasks, oldest or newest first, by status and by slave, with the counts by status
+/// and a cursor to the next page.
 #[utoipa::path(
     get,
     path = "/tasks",
@@ -219,7 +230,7 @@ pub struct TaskList {
     params(ListParams),
     responses(
         (status = 200, description = "One page of tasks", body = TaskList),
-        (status = 400, description = "`invalid_request`: a bad `status`, `limit` or `after`", body = ApiError),
+        (status = 400, description = "`invalid_request`: a bad `status`, `limit`, `after`, `before`, `order` or `slave`", body = ApiError),
         (status = 500, description = "`internal`: the master log has details", body = ApiError),
     ),
 )]
@@ -239,9 +250,28 @@ pub async fn list(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
     }
-    let after = TaskId(params.after.unwrap_or(0));
+    let newest = match params.order.as_deref() {
+        None | Some("") => params.before.is_some(),
+        Some("newest") => true,
+        Some("oldest") if params.before.is_none() => false,
+        Some("oldest") => {
+            return Err(ApiError::invalid("`before` lists newest first; use `after` with order=oldest"));
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(format!("order must be oldest or newest; got `{other}`")));
+        }
+    };
+    let page = match (params.after, params.before) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give `after` or `before`, not both")),
+        (Some(_), None) if newest => {
+            return Err(ApiError::invalid("`after` lists oldest first; use `before` with order=newest"));
+        }
+        (after, None) if !newest => Cursor::After(TaskId(after.unwrap_or(0))),
+        (_, before) => Cursor::Before(TaskId(before.unwrap_or(i64::MAX))),
+    };
+    let slave = params.slave.map(SlaveId);
     let ledger = state.cluster.ledger();
-    let rows = ledger.tasks(TaskFilter { status, after, limit }).await?;
+    let rows = ledger.tasks(TaskFilter { status, slave, page, limit }).await?;
     let next = if rows.len() as i64 == limit { rows.last().map(|row| row.id) } else { None };
     let tasks = rows.into_iter().map(TaskView::try_from).collect::<Result<_, _>>()?;
     Ok(Json(TaskList { tasks, counts: ledger.counts().await?, next }))
@@ -256,7 +286,7 @@ pub async fn list(
     params(ListParams),
     responses(
         (status = 200, description = "One page of tasks", body = TaskList),
-        (status = 400, description = "`invalid_request`: a bad `status`, `limit` or `after`", body = ApiError),
+        (status = 400, description = "`invalid_request`: a bad `status`, `limit`, `after`, `before`, `order` or `slave`", body = ApiError),
         (status = 500, description = "`internal`: the master log has details", body = ApiError),
     ),
 )]

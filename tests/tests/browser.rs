@@ -60,6 +60,14 @@ const READ_PAGE: &str = r##"
         })),
         counts: Object.fromEntries([...document.querySelectorAll("#counts .n")]
             .map((node) => [node.dataset.status, node.textContent.trim()])),
+        chips: Object.fromEntries([...document.querySelectorAll("#chips .chip")]
+            .map((chip) => [chip.dataset.filter || "all", {
+                n: chip.querySelector(".n").textContent.trim(),
+                pressed: chip.getAttribute("aria-pressed") === "true",
+            }])),
+        page: document.querySelector("#page-info").textContent.trim(),
+        newer: !document.querySelector("#newer").disabled,
+        older: !document.querySelector("#older").disabled,
     };
 "##;
 
@@ -123,6 +131,91 @@ async fn a_task_re_dispatched_after_its_slave_was_killed_tells_its_story_on_its_
         resume_unwind(panic);
     }
     screenshot.expect("screenshot of the task's page");
+}
+
+#[tokio::test]
+async fn the_history_filters_by_status_with_counts_and_pages_past_a_hundred_tasks_and_back() {
+    let Some(programs) = browser_or_skip() else { return };
+    let cluster = Cluster::start(&[4]).await;
+    // 120 tasks, one in ten failing (1/0 is inf: failed with words), each finished.
+    for n in 1..=120 {
+        let expression = if n % 10 == 0 { "1/0".to_owned() } else { format!("{n}+1") };
+        let reply = cluster.submit(&expression, 0).await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        cluster.wait_final(reply.body["id"].as_i64().unwrap()).await;
+    }
+    let failed_in_ledger = cluster.http.get(&cluster.url("/tasks?status=failed&limit=1000")).await.body;
+    let failed_ids: Vec<i64> = failed_in_ledger["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(failed_in_ledger["counts"]["failed"], 12);
+
+    let driver = Chromedriver::start(&programs.chromedriver);
+    let browser = driver.session(&programs.chromium).await;
+    let outcome = AssertUnwindSafe(filter_and_page(&browser, &cluster, &failed_ids)).catch_unwind().await;
+    let screenshot = save_screenshot(&browser, "history.png").await;
+    let _ = browser.close().await;
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    screenshot.expect("screenshot of the filtered history");
+}
+
+async fn click(browser: &Client, selector: &str) {
+    let node = browser.find(Locator::Css(selector)).await.unwrap_or_else(|e| panic!("{selector}: {e}"));
+    node.click().await.unwrap_or_else(|e| panic!("click {selector}: {e}"));
+}
+
+fn ids(page: &Value) -> Vec<i64> {
+    statuses(page).into_iter().map(|(id, _)| id).collect()
+}
+
+async fn filter_and_page(browser: &Client, cluster: &Cluster, failed_ids: &[i64]) {
+    browser.goto(&cluster.url("/")).await.expect("open the dashboard");
+    let page =
+        page_until(browser, "the newest 50 of 120", |page| Some(ids(page).first() == Some(&120))).await;
+    assert_eq!(ids(&page), (71..=120).rev().collect::<Vec<_>>());
+    assert_eq!(page["chips"]["all"], json!({"n": "120", "pressed": true}));
+    assert_eq!((page["newer"].as_bool(), page["older"].as_bool()), (Some(false), Some(true)));
+
+    click(browser, r#"#chips .chip[data-filter="failed"]"#).await;
+    let page = page_until(browser, "only failed tasks", |page| {
+        Some(page["chips"]["failed"]["pressed"] == true && ids(page) == failed_ids)
+    })
+    .await;
+    assert!(statuses(&page).iter().all(|(_, status)| status == "failed"), "{page}");
+    assert_eq!(page["chips"]["failed"]["n"], failed_ids.len().to_string(), "the count GET /tasks gives");
+    assert_eq!(page["older"], false, "twelve fit on one page");
+
+    click(browser, r#"#chips .chip[data-filter=""]"#).await;
+    page_until(browser, "every status again", |page| Some(ids(page).first() == Some(&120))).await;
+    click(browser, "#older").await;
+    let page = page_until(browser, "the second page", |page| Some(ids(page).first() == Some(&70))).await;
+    assert_eq!(ids(&page), (21..=70).rev().collect::<Vec<_>>());
+    click(browser, "#older").await;
+    let page = page_until(browser, "the oldest page", |page| Some(ids(page).first() == Some(&20))).await;
+    assert_eq!(ids(&page), (1..=20).rev().collect::<Vec<_>>());
+    assert_eq!((page["newer"].as_bool(), page["older"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(page["page"], "tasks 20 – 1, page 3");
+    click(browser, "#newer").await;
+    page_until(browser, "back to the second page", |page| Some(ids(page).first() == Some(&70))).await;
+    click(browser, "#newer").await;
+    let page = page_until(browser, "back to the newest", |page| Some(ids(page).first() == Some(&120))).await;
+    assert_eq!(page["newer"], false);
+
+    type_into(browser, "#find-id", "30").await;
+    click(browser, "#find-task button").await;
+    let detail = eventually("task 30's page", || async {
+        let detail = browser.execute(READ_DETAIL, Vec::new()).await.expect("read the detail");
+        (detail["shown"] == true && detail["id"].as_str().is_some_and(|id| id.contains("30")))
+            .then_some(detail)
+    })
+    .await;
+    assert_eq!(detail["status"], "failed", "{detail}");
 }
 
 /// From the dashboard's table to the task's own page, by its link, as a person would.

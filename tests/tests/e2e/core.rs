@@ -267,3 +267,43 @@ cluster_tests::on_both_engines! {
         assert!(activity["uptime_s"].as_f64().is_some_and(|uptime| uptime > 0.0));
     }
 }
+
+cluster_tests::on_both_engines! {
+    async fn the_history_lists_newest_first_by_status_and_by_slave_with_a_cursor_each_way() {
+        let cluster = Cluster::start(&[1, 1]).await;
+        // Two at a time: each pair holds both slaves, so slave-1 and slave-2 alternate.
+        let mut ids = Vec::new();
+        for pair in 0..3 {
+            let first = cluster.submit(&format!("{pair}*2"), 300).await;
+            let second = cluster.submit("1/0", 300).await;
+            for reply in [&first, &second] {
+                assert_eq!(reply.status, 201, "{:?}", reply.body);
+                ids.push(reply.body["id"].as_i64().unwrap());
+            }
+            for &id in &ids[ids.len() - 2..] {
+                cluster.wait_final(id).await;
+            }
+        }
+        let newest: Vec<i64> = ids.iter().rev().copied().collect();
+        assert_eq!(listed(&cluster, "order=newest&limit=4").await, (newest[..4].to_vec(), Some(newest[3])));
+        assert_eq!(listed(&cluster, &format!("before={}&limit=4", newest[3])).await, (newest[4..].to_vec(), None));
+        let failed: Vec<i64> = newest.iter().copied().step_by(2).collect();
+        assert_eq!(listed(&cluster, "order=newest&status=failed").await.0, failed, "1/0 fails on slave-2");
+        let slave_two = cluster.http.get(&cluster.url("/slaves")).await.body["slaves"][1]["id"].as_i64().unwrap();
+        assert_eq!(listed(&cluster, &format!("slave={slave_two}&order=newest")).await.0, failed);
+        assert_eq!(listed(&cluster, &format!("slave={slave_two}&status=done")).await.0, Vec::<i64>::new());
+        assert_eq!(listed(&cluster, "order=oldest&limit=2").await, (ids[..2].to_vec(), Some(ids[1])));
+        for bad in ["after=1&before=5", "order=sideways", "order=oldest&before=3", "order=newest&after=2", "slave=x"] {
+            let reply = cluster.http.get(&cluster.url(&format!("/tasks?{bad}"))).await;
+            assert_eq!(reply.status_and_code(), (400, "invalid_request"), "{bad}: {:?}", reply.body);
+        }
+    }
+}
+
+/// The ids `GET /tasks?{query}` lists, and its `next` cursor.
+async fn listed(cluster: &Cluster, query: &str) -> (Vec<i64>, Option<i64>) {
+    let reply = cluster.http.get(&cluster.url(&format!("/tasks?{query}"))).await;
+    assert_eq!(reply.status, 200, "{query}: {:?}", reply.body);
+    let found = reply.body["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    (found, reply.body["next"].as_i64())
+}

@@ -88,6 +88,23 @@ impl Api {
         Ok(self.client.tasks(status, Some(after), i64::from(limit)).await?)
     }
 
+    /// `GET /tasks?order=newest&before=&limit=` with a status or a slave filter: the
+    /// dashboard's pages.
+    pub async fn page_newest(
+        &self,
+        filter: (&str, String),
+        before: i64,
+        limit: u32,
+    ) -> Result<Page, BenchError> {
+        let query = [
+            ("order", "newest".to_owned()),
+            ("before", before.to_string()),
+            ("limit", limit.to_string()),
+            filter,
+        ];
+        Ok(self.client.tasks_where(&query).await?)
+    }
+
     /// Names of the slaves `GET /slaves` lists as up, in order.
     pub async fn slave_names_up(&self) -> Result<Vec<String>, BenchError> {
         let slaves = self.client.slaves().await?;

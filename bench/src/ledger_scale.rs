@@ -15,6 +15,8 @@ use super::{
 const WARM_UP_READS: u64 = 50;
 /// Page size of the timed list reads (`GET /tasks?status=done&limit=100`).
 const LIST_LIMIT: u32 = 100;
+/// Rows of one page of the dashboard's history.
+const DASHBOARD_PAGE: u32 = 50;
 /// Times the master is restarted on the built ledger to time its start-up.
 const RESTARTS: usize = 3;
 
@@ -117,9 +119,28 @@ async fn reads(cluster: &Cluster, run: &Run, report: &mut Report) -> Result<(), 
         }
         run.progress.inc(1);
     }
+    // The dashboard's history: newest first from a random page, by status, by slave.
+    let slave =
+        api.page(None, 0, 1).await?.tasks.first().and_then(|task| task.slave.as_ref()).map_or(1, |s| s.id);
+    let (mut by_status, mut by_slave) = (Vec::new(), Vec::new());
+    for n in 0..WARM_UP_READS + run.samples {
+        run.check_deadline("timing GET /tasks?order=newest")?;
+        let before = rng.between(first, last + 1);
+        let sent = Instant::now();
+        api.page_newest(("status", "done".to_owned()), before, DASHBOARD_PAGE).await?;
+        let by_status_took = sent.elapsed();
+        let sent = Instant::now();
+        api.page_newest(("slave", slave.to_string()), before, DASHBOARD_PAGE).await?;
+        if n >= WARM_UP_READS {
+            by_status.push(by_status_took);
+            by_slave.push(sent.elapsed());
+        }
+    }
     report.latency_ms = Percentiles::of(&mut one);
     report.set("latency_is", "GET /tasks/{id} at random ids, one at a time");
     report.set("list_latency_ms", Percentiles::of(&mut pages));
+    report.set("newest_by_status_latency_ms", Percentiles::of(&mut by_status));
+    report.set("newest_by_slave_latency_ms", Percentiles::of(&mut by_slave));
     Ok(())
 }
 

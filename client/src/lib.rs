@@ -316,8 +316,13 @@ impl MasterClient {
         if let Some(after) = after {
             query.push(("after", after.to_string()));
         }
+        self.tasks_where(&query).await
+    }
+
+    /// `GET /tasks` with any of its parameters (`order`, `before`, `slave`, ...).
+    pub async fn tasks_where(&self, query: &[(&str, String)]) -> Result<Page, ClientError> {
         self.call("GET /tasks", Failover::Repeatable, |http, base| {
-            http.get(format!("{base}/tasks")).query(&query)
+            http.get(format!("{base}/tasks")).query(query)
         })
         .await
     }

@@ -329,23 +329,9 @@ impl Cluster {
 
     /// Like [`Cluster::spawn_slave`] with flags for this slave only.
     pub fn spawn_slave_with(&self, name: &str, capacity: u32, extra: &[&str]) -> Process {
-        let mut args = vec![
-            "--master".to_owned(),
-            self.master.url.clone(),
-            "--name".to_owned(),
-            name.to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--capacity".to_owned(),
-            capacity.to_string(),
-        ];
-        args.extend(self.slave_args.iter().cloned());
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        let mut envs = Vec::new();
-        if let Some(token) = &self.options.token {
-            envs.push(("CLUSTER_TOKEN", token.as_str()));
-        }
-        Process::spawn(name, &bins().slave, &args, &envs)
+        let mut flags = self.slave_args.clone();
+        flags.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        spawn_slave(&self.master.url, name, capacity, &flags, self.options.token.as_deref())
     }
 
     /// Waits until `GET /slaves` shows `name` in `state`.
@@ -453,6 +439,19 @@ pub fn spawn_master(db: &str, options: &MasterOptions) -> Process {
     Process::spawn("master", &bins().master, &args, &envs)
 }
 
+/// Starts slave `name` of `capacity` on port 0, given `masters` (one URL or a list), with
+/// extra `flags` and the cluster token, without waiting for it to register.
+fn spawn_slave(masters: &str, name: &str, capacity: u32, flags: &[String], token: Option<&str>) -> Process {
+    let mut args: Vec<String> =
+        ["--master", masters, "--name", name, "--listen", "127.0.0.1:0", "--capacity"]
+            .map(String::from)
+            .to_vec();
+    args.push(capacity.to_string());
+    args.extend(flags.iter().cloned());
+    let envs: Vec<(&str, &str)> = token.map(|token| ("CLUSTER_TOKEN", token)).into_iter().collect();
+    Process::spawn(name, &bins().slave, &args, &envs)
+}
+
 /// Whether this run must not skip a test whose tool or privilege is missing (CI).
 pub fn required() -> bool {
     std::env::var_os("CI").is_some_and(|value| !value.is_empty() && value != "false")
@@ -522,22 +521,7 @@ impl Masters {
 
     /// Starts a slave whose master list begins at master `first`, without waiting.
     pub fn spawn_slave(&self, name: &str, capacity: u32, first: usize) -> Process {
-        let mut args = vec![
-            "--master".to_owned(),
-            self.list_from(first),
-            "--name".to_owned(),
-            name.to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--capacity".to_owned(),
-            capacity.to_string(),
-        ];
-        args.extend(self.slave_args.iter().cloned());
-        let mut envs = Vec::new();
-        if let Some(token) = &self.options.token {
-            envs.push(("CLUSTER_TOKEN", token.as_str()));
-        }
-        Process::spawn(name, &bins().slave, &args, &envs)
+        spawn_slave(&self.list_from(first), name, capacity, &self.slave_args, self.options.token.as_deref())
     }
 
     /// Waits until master `index`'s `GET /slaves` shows `name` in `state`.

@@ -244,18 +244,14 @@ impl Cluster {
             self.inner.waiters.forget_closed(id);
             return Ok(task);
         }
-        if !self.inner.ledger.is_shared() {
-            let _ = tokio::time::timeout(wait, finished).await;
-            self.inner.waiters.forget_closed(id);
-            return self.inner.ledger.task(id).await;
-        }
-        // Another master may record the end: the database announces it (`follow_task_ends`)
-        // and, in case an announcement is lost, the task is read again now and then.
+        // On a shared ledger another master may record the end: it announces it
+        // (`follow_task_ends`) and, in case an announcement is lost, the task is read
+        // again now and then. On SQLite this master records every end: one wait.
+        let reread = if self.inner.ledger.is_shared() { config::LONG_POLL_REREAD } else { wait };
         let deadline = tokio::time::Instant::now() + wait;
         let mut finished = finished;
         loop {
-            let slice =
-                deadline.saturating_duration_since(tokio::time::Instant::now()).min(config::LONG_POLL_REREAD);
+            let slice = deadline.saturating_duration_since(tokio::time::Instant::now()).min(reread);
             let _ = tokio::time::timeout(slice, finished).await;
             self.inner.waiters.forget_closed(id);
             finished = self.inner.waiters.subscribe(id);
@@ -353,7 +349,7 @@ impl Cluster {
             // Registered through another master: this one knows it from the ledger now.
             touch = self.inner.slaves.touch(slave, heartbeat.draining, instance);
         }
-        let Touch::Taken(liveness, _) = touch.clone() else { return Ok(touch) };
+        let Touch::Taken(liveness) = touch.clone() else { return Ok(touch) };
         let state = if heartbeat.draining { SlaveState::Draining } else { SlaveState::Up };
         let Some(seen_at) = self.inner.ledger.slave_seen(slave, state).await? else {
             // Deregistered (through another master) meanwhile: it registers again.
@@ -469,7 +465,7 @@ impl Cluster {
     #[tracing::instrument(name = "reaper", skip_all)]
     pub async fn sweep(&self) -> Result<(), LedgerError> {
         let timeout = self.inner.config.slave_timeout;
-        for (slave, name, _) in self.inner.slaves.mark_silent_down(timeout) {
+        for (slave, name) in self.inner.slaves.mark_silent_down(timeout) {
             tracing::warn!(%slave, %name, ?timeout, "slave silent past the slave timeout: down");
             self.inner.ledger.slave_down(slave).await?;
             for task in self.inner.ledger.in_progress_on(slave).await? {
@@ -477,28 +473,31 @@ impl Cluster {
             }
         }
         for overdue in self.inner.timers.overdue() {
-            let (slave, id, attempt) = (overdue.slave, overdue.task, overdue.attempt);
-            // The delay is not needed to requeue; the guarded write checks the rest.
-            let task = HeldTask { id, slave_id: slave, attempts: attempt, delay_ms: 0, assigned_ms_ago: 0 };
-            match self.requeue(task, "it ran past its deadline".to_owned()).await? {
-                Requeue::NotHeld => {
-                    self.inner.timers.stop(id, slave, attempt);
-                }
-                Requeue::Pending { .. } | Requeue::Failed => self.tell_slave_to_drop(slave, id, attempt),
-            }
+            // The delay and age are not needed to requeue; the guarded write checks the rest.
+            let (id, slave_id, attempts) = (overdue.task, overdue.slave, overdue.attempt);
+            self.reap_overdue(HeldTask { id, slave_id, attempts, delay_ms: 0, assigned_ms_ago: 0 }).await?;
         }
         if self.inner.ledger.is_shared() {
             // Offered through a master that died: nobody else keeps its deadline, so the
             // ledger's (on the database's clock) counts. Racing reapers: one requeue wins.
             for task in self.inner.ledger.overdue().await? {
-                if self.inner.timers.knows(task.id) {
-                    continue;
-                }
-                let (slave, id, attempt) = (task.slave_id, task.id, task.attempts);
-                if self.requeue(task, "it ran past its deadline".to_owned()).await? != Requeue::NotHeld {
-                    self.tell_slave_to_drop(slave, id, attempt);
+                if !self.inner.timers.knows(task.id) {
+                    self.reap_overdue(task).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A task past its deadline is lost on its slave, which is told to drop it; if it
+    /// had moved on already, its timer (if any) stops.
+    async fn reap_overdue(&self, task: HeldTask) -> Result<(), LedgerError> {
+        let (id, slave, attempt) = (task.id, task.slave_id, task.attempts);
+        match self.requeue(task, "it ran past its deadline".to_owned()).await? {
+            Requeue::NotHeld => {
+                self.inner.timers.stop(id, slave, attempt);
+            }
+            Requeue::Pending { .. } | Requeue::Failed => self.tell_slave_to_drop(slave, id, attempt),
         }
         Ok(())
     }

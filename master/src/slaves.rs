@@ -75,8 +75,9 @@ pub struct NameHolder {
 /// What a heartbeat found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Touch {
-    /// Taken: the slave is up (or draining), seen now.
-    Taken(Liveness, Timestamp),
+    /// Taken: the slave is up (or draining), seen now (the caller stores when, by the
+    /// ledger's clock: [`SlaveRegistry::seen_at`]).
+    Taken(Liveness),
     /// The master does not know this slave id.
     Unknown,
     /// Another process registered under this slave's name since this one did.
@@ -92,13 +93,18 @@ pub enum Liveness {
     CameBack,
 }
 
+/// A row's capacity as dispatch counts it (at least one slot).
+fn capacity_of(row: &SlaveRow) -> usize {
+    usize::try_from(row.capacity).unwrap_or(1).max(1)
+}
+
 /// A slave fresh from its row, with nothing running, seen now.
 fn entry_of(row: &SlaveRow) -> Entry {
     Entry {
         id: row.id,
         name: row.name.clone(),
         url: row.url.clone(),
-        capacity: usize::try_from(row.capacity).unwrap_or(1).max(1),
+        capacity: capacity_of(row),
         running: 0,
         position: row.position,
         state: row.state,
@@ -157,7 +163,7 @@ impl SlaveRegistry {
             };
             freed |= running < entry.running;
             entry.running = running;
-            entry.capacity = usize::try_from(row.capacity).unwrap_or(1).max(1);
+            entry.capacity = capacity_of(row);
             entry.url.clone_from(&row.url);
             entry.instance.clone_from(&row.instance);
             // Newer news of the slave than this master has: someone heard from it (or
@@ -262,9 +268,8 @@ impl SlaveRegistry {
         entry.suspect = false;
         entry.refused = false;
         entry.last_seen = Instant::now();
-        entry.last_seen_at = Timestamp::now();
         let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
-        Touch::Taken(liveness, entry.last_seen_at.clone())
+        Touch::Taken(liveness)
     }
 
     /// The ledger stored `at` as the slave's `last_seen_at` (its clock is the one every
@@ -285,7 +290,7 @@ impl SlaveRegistry {
     }
 
     /// Marks `down` every up or draining slave silent for longer than `timeout`; returns them.
-    pub fn mark_silent_down(&self, timeout: Duration) -> Vec<(SlaveId, String, Timestamp)> {
+    pub fn mark_silent_down(&self, timeout: Duration) -> Vec<(SlaveId, String)> {
         let mut slaves = self.slaves();
         let now = Instant::now();
         slaves
@@ -293,7 +298,7 @@ impl SlaveRegistry {
             .filter(|e| e.state != SlaveState::Down && now.duration_since(e.last_seen) > timeout)
             .map(|e| {
                 e.state = SlaveState::Down;
-                (e.id, e.name.clone(), e.last_seen_at.clone())
+                (e.id, e.name.clone())
             })
             .collect()
     }
@@ -343,7 +348,7 @@ mod tests {
 
     fn liveness(touch: Touch) -> Liveness {
         match touch {
-            Touch::Taken(liveness, _) => liveness,
+            Touch::Taken(liveness) => liveness,
             other => panic!("heartbeat not taken: {other:?}"),
         }
     }

@@ -8,7 +8,7 @@ use std::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use cluster_tests::{
@@ -243,14 +243,19 @@ async fn a_slave_whose_first_master_dies_keeps_its_place_and_runs_the_next_task(
     let Some(mut set) = Masters::start(2, options, fast_heartbeats(), &[1]).await else { return };
     let before = set.wait_for_slave_state(1, "slave-1", "up").await;
     set.masters[0].kill9();
-    // Past the slave timeout: had its heartbeats stopped with master 0, it would be down.
-    let started = Instant::now();
+    let killed = chrono::Utc::now();
     let submitted = set.submit(1, "2^10", 0).await;
     assert_eq!(submitted.body["message"], "Task successfully assigned to slave-1", "{:?}", submitted.body);
     let task = set.wait_final(1, submitted.body["id"].as_i64().unwrap()).await;
     assert_eq!(task["result"], json!(1024.0));
-    eventually("two slave timeouts to pass", || async {
-        (started.elapsed() > Duration::from_secs(2)).then_some(())
+    // Heartbeats through master 1 well past two slave timeouts (1 s each) since master 0
+    // died: had they stopped with it, slave-1 would be down by then.
+    eventually("a heartbeat two slave timeouts after the kill", || async {
+        let slaves = set.http.get(&set.url(1, "/slaves")).await.body;
+        let slave = slaves["slaves"].as_array()?.iter().find(|s| s["name"] == "slave-1")?.clone();
+        assert_eq!(slave["state"], "up", "slave-1 was marked down: {slave}");
+        let seen = chrono::DateTime::parse_from_rfc3339(slave["last_seen_at"].as_str()?).ok()?;
+        (seen.with_timezone(&chrono::Utc) - killed > chrono::Duration::seconds(2)).then_some(())
     })
     .await;
     let after = set.wait_for_slave_state(1, "slave-1", "up").await;

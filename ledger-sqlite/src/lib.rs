@@ -21,8 +21,11 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
+
+use batched::Deliver;
 use tokio_util::sync::CancellationToken;
 
+mod batched;
 mod file;
 mod masters;
 mod slaves;
@@ -41,8 +44,19 @@ const READ_CONNECTIONS: u32 = 4;
 /// A reader may briefly wait on a WAL checkpoint; it never surfaces as an error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+/// A write the writer runs as its own statements; true if they succeeded.
+type StatementsJob =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+
+/// A write queued for the writer.
+enum Job {
+    /// A submission: all of a batch's are one statement.
+    InsertTask(batched::NewTaskRow, batched::InsertReply),
+    /// A slave's result: all of a batch's are one statement.
+    RecordResult(batched::ResultRow, batched::ResultReply),
+    /// Any other write.
+    Statements(StatementsJob),
+}
 
 /// Told the size and duration of every committed batch (for metrics).
 pub type OnBatch = Box<dyn Fn(usize, Duration) + Send + Sync>;
@@ -165,7 +179,7 @@ impl SqliteLedger {
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, LedgerError>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job: StatementsJob = Box::new(move |conn| {
             Box::pin(async move {
                 let outcome = job(conn).await;
                 let succeeded = outcome.is_ok();
@@ -180,6 +194,15 @@ impl SqliteLedger {
                 (succeeded, deliver)
             })
         });
+        self.queue(Job::Statements(job), answer).await
+    }
+
+    /// Queues `job` for the writer and waits for its answer on `answer`.
+    async fn queue<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
         // A writer that dropped the job (the file was deleted, a batch could not begin)
         // left the reason in `fault`.
         let dropped = || match self.fault.get() {

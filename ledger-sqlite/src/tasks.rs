@@ -5,12 +5,16 @@ use std::time::Duration;
 use common::protocol::Outcome;
 use ledger::{
     AssignFrom, Cancellation, Counts, Cursor, HeldTask, LedgerError, Requeue, ResultRecording, SlaveId,
-    Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
-    lost_too_often, outcome_columns,
+    Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, lost_too_often,
 };
 use sqlx::SqliteConnection;
 
-use super::SqliteLedger;
+use tokio::sync::oneshot;
+
+use super::{
+    Job, SqliteLedger,
+    batched::{NewTaskRow, ResultRow},
+};
 
 impl SqliteLedger {
     /// Stores a new task: `pending`, or straight `in_progress` on `slave` at `attempt 1`
@@ -20,41 +24,30 @@ impl SqliteLedger {
         task: Submission<'_>,
         assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError> {
-        let expression = task.expression.to_owned();
-        let variables = task.variables_json();
-        let delay_ms = task.stored_delay_ms();
         let now = Timestamp::now();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let (status, attempts, slave, deadline) = match &assignment {
-                    Some((slave, deadline)) => {
-                        (TaskStatus::InProgress, 1, Some(*slave), Some(Timestamp::in_future(*deadline)))
-                    }
-                    None => (TaskStatus::Pending, 0, None, None),
-                };
-                let assigned_at = slave.map(|_| now.clone());
-                let id = sqlx::query_scalar!(
-                    r#"INSERT INTO tasks (expression, variables, delay_ms, status, slave_id, attempts,
-                                          submitted_at, assigned_at, deadline_at)
-                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                       RETURNING id AS "id: TaskId""#,
-                    expression,
-                    variables,
-                    delay_ms,
-                    status,
-                    slave,
-                    attempts,
-                    now,
-                    assigned_at,
-                    deadline,
-                )
-                .fetch_one(&mut *conn)
-                .await?;
-                // The `submitted` event is written by a trigger (migration 2).
-                Ok(id)
-            })
-        })
-        .await
+        let (status, attempts, slave_id, assigned_at, deadline_at) = match assignment {
+            Some((slave, deadline)) => (
+                TaskStatus::InProgress,
+                1,
+                Some(slave),
+                Some(now.clone()),
+                Some(Timestamp::in_future(deadline)),
+            ),
+            None => (TaskStatus::Pending, 0, None, None, None),
+        };
+        let row = NewTaskRow {
+            expression: task.expression.to_owned(),
+            variables: task.variables_json(),
+            delay_ms: task.stored_delay_ms(),
+            status,
+            slave_id,
+            attempts,
+            submitted_at: now,
+            assigned_at,
+            deadline_at,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::InsertTask(row, reply), answer).await
     }
 
     /// Removes a task that was stored for a submission every slave then refused, so
@@ -187,34 +180,9 @@ impl SqliteLedger {
         attempt: i64,
         outcome: Outcome,
     ) -> Result<ResultRecording, LedgerError> {
-        let now = Timestamp::now();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let (status, value, error) = outcome_columns(&outcome);
-                let recorded = sqlx::query!(
-                    "UPDATE tasks SET status = ?1, result = ?2, error = ?3, finished_at = ?4, deadline_at = NULL
-                      WHERE id = ?5 AND status = 'in_progress' AND slave_id = ?6 AND attempts = ?7",
-                    status,
-                    value,
-                    error,
-                    now,
-                    id,
-                    slave,
-                    attempt,
-                )
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                if recorded {
-                    // The `done`/`failed` event is written by a trigger (migration 2).
-                    return Ok(ResultRecording::Recorded(status));
-                }
-                let Some(current) = task_row(conn, id).await? else { return Ok(ResultRecording::NotFound) };
-                Ok(classify_unrecorded(&current, slave, attempt, status, value, error.as_deref()))
-            })
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let row = ResultRow::new(id, slave, attempt, &outcome);
+        self.queue(Job::RecordResult(row, reply), answer).await
     }
 
     /// A task was lost on `slave` (silent, restarted, deregistered, past its deadline):
@@ -487,7 +455,10 @@ impl SqliteLedger {
     }
 }
 
-async fn task_row(conn: &mut SqliteConnection, id: TaskId) -> Result<Option<TaskRow>, LedgerError> {
+pub(crate) async fn task_row(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+) -> Result<Option<TaskRow>, LedgerError> {
     Ok(sqlx::query_as!(
         TaskRow,
         r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,

@@ -5,7 +5,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Deliver, Job,
+    Job,
+    batched::{self, Deliver},
     file::{Fault, Identity},
 };
 
@@ -86,6 +87,11 @@ pub(super) async fn write_loop(writer: Writer) {
 
 /// Runs a batch inside `BEGIN IMMEDIATE`; true in the second place if a write failed
 /// (the rest of the batch is then dropped, which answers those callers `Closed`).
+///
+/// Submissions first (one statement for all), then results (one statement for all),
+/// then every other write in arrival order. Every write of a batch was queued
+/// concurrently by callers still waiting for their answer, so any order is one they
+/// could have happened in.
 async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>, fault: &Fault) -> (Vec<Deliver>, bool) {
     let mut deliveries = Vec::with_capacity(batch.len());
     if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
@@ -96,11 +102,27 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>, fault: &Fa
         batch.clear();
         return (deliveries, true);
     }
+    let mut inserts = Vec::new();
+    let mut results = Vec::new();
+    let mut others = Vec::new();
     for job in batch.drain(..) {
+        match job {
+            Job::InsertTask(row, reply) => inserts.push((row, reply)),
+            Job::RecordResult(row, reply) => results.push((row, reply)),
+            Job::Statements(job) => others.push(job),
+        }
+    }
+    if !inserts.is_empty() && batched::insert_tasks(conn, inserts, &mut deliveries).await.is_err() {
+        return (deliveries, true);
+    }
+    if !results.is_empty() && batched::record_results(conn, results, &mut deliveries).await.is_err() {
+        return (deliveries, true);
+    }
+    for job in others {
         let (succeeded, deliver) = job(conn).await;
         deliveries.push(deliver);
         if !succeeded {
-            return (deliveries, true); // dropping the drain drops the jobs left
+            return (deliveries, true); // the jobs left are dropped with the iterator
         }
     }
     (deliveries, false)

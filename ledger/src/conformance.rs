@@ -24,6 +24,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $open;
             a_task_goes_pending_in_progress_done_and_counts_follow,
             a_result_is_recorded_exactly_once_and_every_other_report_is_told_why,
+            writes_arriving_together_are_each_answered_for_themselves,
             a_non_finite_result_fails_the_task_with_words,
             a_lost_task_is_requeued_with_one_more_attempt_until_it_fails,
             cancel_takes_pending_and_in_progress_tasks_and_nothing_final,
@@ -147,6 +148,63 @@ pub async fn a_result_is_recorded_exactly_once_and_every_other_report_is_told_wh
     let unknown = ledger.record_result(TaskId(id.0 + 1000), one, 1, Outcome::Value(2.0)).await.unwrap();
     assert_eq!(unknown, ResultRecording::NotFound);
     assert_eq!(ledger.task(id).await.unwrap().unwrap().result, Some(2.0), "the first result stands");
+}
+
+/// Submissions and results sent at once (the SQLite writer stores each kind in one
+/// statement per batch): every caller gets its own id, and every report its own answer.
+pub async fn writes_arriving_together_are_each_answered_for_themselves<E: Engine>(ledger: &E) {
+    let one = slave(ledger, "one").await;
+    let two = slave(ledger, "two").await;
+    let expressions: Vec<String> = (0..40).map(|n| format!("{n}+1")).collect();
+    let variables = Variables::new();
+    let inserts = expressions.iter().enumerate().map(|(n, expression)| {
+        let task = Submission { expression, variables: &variables, delay_ms: n as u64 };
+        let assignment = (n % 2 == 0).then_some((one, DEADLINE));
+        ledger.insert_task(task, assignment)
+    });
+    let ids = futures_util::future::join_all(inserts).await;
+    let mut seen = std::collections::HashSet::new();
+    for (n, id) in ids.into_iter().enumerate() {
+        let id = id.expect("insert");
+        assert!(seen.insert(id), "ids are distinct");
+        let stored = ledger.task(id).await.unwrap().expect("the id names a stored task");
+        assert_eq!((stored.expression.as_str(), stored.delay_ms), (expressions[n].as_str(), n as i64));
+        let expected = if n % 2 == 0 { TaskStatus::InProgress } else { TaskStatus::Pending };
+        assert_eq!(stored.status, expected, "task {n}");
+    }
+
+    let (won, stale, foreign, failing) = (
+        running(ledger, one).await,
+        running(ledger, one).await,
+        running(ledger, one).await,
+        running(ledger, two).await,
+    );
+    let unknown = TaskId(failing.0 + 1000);
+    let (first, second, stale_answer, foreign_answer, failing_answer, unknown_answer) = tokio::join!(
+        ledger.record_result(won, one, 1, Outcome::Value(2.0)),
+        ledger.record_result(won, one, 1, Outcome::Value(2.0)),
+        ledger.record_result(stale, one, 2, Outcome::Value(2.0)),
+        ledger.record_result(foreign, two, 1, Outcome::Value(2.0)),
+        ledger.record_result(failing, two, 1, Outcome::Error("division by zero gives inf".to_owned())),
+        ledger.record_result(unknown, one, 1, Outcome::Value(2.0)),
+    );
+    let mut twice = [first.unwrap(), second.unwrap()];
+    twice.sort_by_key(|answer| *answer != ResultRecording::Recorded(TaskStatus::Done));
+    assert_eq!(twice, [ResultRecording::Recorded(TaskStatus::Done), ResultRecording::Duplicate]);
+    assert_eq!(stale_answer.unwrap(), ResultRecording::StaleAttempt { current: 1 });
+    assert_eq!(foreign_answer.unwrap(), ResultRecording::OtherSlave);
+    assert_eq!(failing_answer.unwrap(), ResultRecording::Recorded(TaskStatus::Failed));
+    assert_eq!(unknown_answer.unwrap(), ResultRecording::NotFound);
+    assert_eq!(
+        (status(ledger, won).await, status(ledger, failing).await),
+        (TaskStatus::Done, TaskStatus::Failed)
+    );
+    assert_eq!(
+        (status(ledger, stale).await, status(ledger, foreign).await),
+        (TaskStatus::InProgress, TaskStatus::InProgress)
+    );
+    let failed = ledger.task(failing).await.unwrap().unwrap();
+    assert_eq!(failed.error.as_deref(), Some("division by zero gives inf"));
 }
 
 pub async fn a_non_finite_result_fails_the_task_with_words<E: Engine>(ledger: &E) {

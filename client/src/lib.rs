@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     auth::Token,
-    protocol::{Heartbeat, Registered, Registration, ResultReport, Variables},
+    protocol::{Heartbeat, Registered, Registration, ResultAnswers, ResultReport, ResultsReport, Variables},
 };
 use reqwest::{RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -398,6 +398,12 @@ impl MasterClient {
             http.post(format!("{base}/tasks/{task_id}/result")).json(report)
         };
         self.call::<Value>("POST /tasks/{id}/result", Failover::Repeatable, request).await.map(drop)
+    }
+
+    /// `POST /results`: several results at once, answered one by one in the order sent.
+    pub async fn report_results(&self, report: &ResultsReport) -> Result<ResultAnswers, ClientError> {
+        let request = |http: &reqwest::Client, base: &str| http.post(format!("{base}/results")).json(report);
+        self.call("POST /results", Failover::Repeatable, request).await
     }
 
     /// Sends the request `build` makes for a master's base URL, with the token, to the

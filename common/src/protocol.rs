@@ -117,6 +117,52 @@ pub struct ResultReport {
     pub outcome: Outcome,
 }
 
+/// Most results in one `POST /results`; more is refused with 400.
+pub const MAX_RESULTS_PER_REPORT: usize = 1000;
+
+/// Slave → master `POST /results`: every result the slave has ready, in one request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ResultsReport {
+    pub slave_id: i64,
+    /// 1..=1000 results; each is recorded (or refused) on its own.
+    pub results: Vec<TaskResult>,
+}
+
+/// One result inside a [`ResultsReport`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct TaskResult {
+    pub task_id: i64,
+    pub attempt: i64,
+    pub outcome: Outcome,
+}
+
+/// Master → slave: the answer to a [`ResultsReport`], one entry per result in the
+/// order sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ResultAnswers {
+    pub results: Vec<ResultAnswer>,
+}
+
+/// What `POST /tasks/{task_id}/result` would have answered for this one result: its
+/// status code and body (the acknowledgement, or the error shape).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ResultAnswer {
+    pub task_id: i64,
+    /// 200: recorded, a duplicate, or cancelled; 403, 404, 409: not this slave's to
+    /// report any more (give up); 503: retry later.
+    #[schema(example = 200)]
+    pub status: u16,
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+impl ResultAnswer {
+    /// Whether the slave is done with this result: recorded, or refused for good.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.status, 200..=299 | 403 | 404 | 409)
+    }
+}
+
 /// The error body both servers answer with (SPEC §4): `{"error": code, "message": words}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

@@ -4,10 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use common::protocol::{Heartbeat, Outcome, Registration, ResultReport};
+use common::protocol::{Heartbeat, Outcome, Registration, ResultAnswer, ResultsReport, TaskResult};
 use master_client::{ClientError, MasterClient};
 
 use crate::{SlaveConfig, metrics::SlaveMetrics, slots::Slots};
@@ -38,7 +38,8 @@ struct Inner {
     /// The id the master gave this slave; `None` until the first registration succeeds.
     slave_id: watch::Sender<Option<i64>>,
     slots: Arc<Slots>,
-    metrics: SlaveMetrics,
+    /// Results on their way to the master (see [`report_results`]).
+    results: mpsc::UnboundedSender<ReadyResult>,
 }
 
 /// An HTTP client with the timeouts of SPEC §8 and no redirects.
@@ -72,15 +73,11 @@ impl Reporter {
             capacity: u32::try_from(config.capacity).unwrap_or(u32::MAX),
             instance: Some(instance),
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                master: MasterClient::with_http(&config.master_url, config.token.clone(), http_client()?),
-                registration,
-                slave_id: watch::Sender::new(None),
-                slots,
-                metrics,
-            }),
-        })
+        let master = MasterClient::with_http(&config.master_url, config.token.clone(), http_client()?);
+        let slave_id = watch::Sender::new(None);
+        let (results, queue) = mpsc::unbounded_channel();
+        tokio::spawn(report_results(queue, master.clone(), slave_id.subscribe(), metrics));
+        Ok(Self { inner: Arc::new(Inner { master, registration, slave_id, slots, results }) })
     }
 
     /// The id the master gave this slave, once registered.
@@ -160,28 +157,131 @@ impl Reporter {
         }
     }
 
-    /// Reports a task's outcome, retrying with backoff until the master records it (2xx)
-    /// or says the task is not this slave's any more (403, 404, 409).
+    /// Reports a task's outcome and returns once the master has recorded it or said the
+    /// task is not this slave's any more (403, 404, 409). Results ready at the same
+    /// time travel together in one `POST /results` (see [`report_results`]).
     pub async fn deliver_result(&self, task_id: i64, attempt: i64, outcome: Outcome) {
-        let mut registered = self.inner.slave_id.subscribe();
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let slave_id = match registered.wait_for(Option::is_some).await {
-                Ok(id) => id.unwrap_or_default(),
-                Err(_) => return, // the reporter is gone: the slave is shutting down
-            };
-            let report = ResultReport { slave_id, attempt, outcome: outcome.clone() };
-            match self.inner.master.report_result(task_id, &report).await {
-                Ok(()) => return,
-                Err(error) if matches!(error.status(), Some(403 | 404 | 409)) => {
-                    tracing::info!(task_id, attempt, %error, "master no longer wants this result");
-                    return;
-                }
-                Err(error) => tracing::warn!(task_id, %error, "result not delivered; retrying"),
+        let (settled, answer) = oneshot::channel();
+        let result = TaskResult { task_id, attempt, outcome };
+        if self.inner.results.send(ReadyResult { result, settled }).is_err() {
+            return; // the reporter is gone: the slave is shutting down
+        }
+        let _ = answer.await;
+    }
+}
+
+/// A result waiting to reach the master, and the run waiting for it to get there.
+struct ReadyResult {
+    result: TaskResult,
+    settled: oneshot::Sender<()>,
+}
+
+impl ReadyResult {
+    /// Roughly its share of a request body, to keep reports under the master's limit.
+    fn size(&self) -> usize {
+        let words = match &self.result.outcome {
+            Outcome::Error(error) => error.len(),
+            Outcome::Value(_) => 0,
+        };
+        RESULT_OVERHEAD_BYTES + words
+    }
+}
+
+/// Most results in one report: enough that a busy slave sends a few requests where
+/// it would send hundreds, small enough that one report is answered in milliseconds.
+const MAX_RESULTS_PER_REPORT: usize = 256;
+/// Most bytes of results in one report, well under the master's 64 KiB body limit
+/// (an error message can be long).
+const MAX_REPORT_BYTES: usize = 32 * 1024;
+/// A result's JSON without its error words, and then some.
+const RESULT_OVERHEAD_BYTES: usize = 96;
+
+/// Sends every ready result in one `POST /results`, one report at a time: while one
+/// is in flight, the results finished meanwhile gather for the next. Each result is
+/// settled on its own answer; the others (503, or the whole request failing) are sent
+/// again with backoff. Returns once every [`Reporter`] is gone and the queue is empty.
+async fn report_results(
+    mut queue: mpsc::UnboundedReceiver<ReadyResult>,
+    master: MasterClient,
+    mut registered: watch::Receiver<Option<i64>>,
+    metrics: SlaveMetrics,
+) {
+    let mut batch: Vec<ReadyResult> = Vec::new();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if batch.is_empty() && queue.recv_many(&mut batch, MAX_RESULTS_PER_REPORT).await == 0 {
+            return;
+        }
+        let mut bytes: usize = batch.iter().map(ReadyResult::size).sum();
+        while batch.len() < MAX_RESULTS_PER_REPORT && bytes < MAX_REPORT_BYTES {
+            let Ok(ready) = queue.try_recv() else { break };
+            bytes += ready.size();
+            batch.push(ready);
+        }
+        // A run that stopped waiting (its task was dropped, or handed back at shutdown)
+        // no longer needs its result delivered.
+        batch.retain(|ready| !ready.settled.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        // Past the byte budget: the rest waits for the next report.
+        let mut sent = 0;
+        let mut budget = 0;
+        for ready in &batch {
+            budget += ready.size();
+            if sent > 0 && budget > MAX_REPORT_BYTES {
+                break;
             }
-            self.inner.metrics.result_retries.inc();
+            sent += 1;
+        }
+        let later = batch.split_off(sent);
+        let slave_id = match registered.wait_for(Option::is_some).await {
+            Ok(id) => id.unwrap_or_default(),
+            Err(_) => return, // the reporter is gone: the slave is shutting down
+        };
+        let report =
+            ResultsReport { slave_id, results: batch.iter().map(|ready| ready.result.clone()).collect() };
+        let unsettled = match master.report_results(&report).await {
+            Ok(answers) => settle(std::mem::take(&mut batch), answers.results),
+            Err(error) => {
+                tracing::warn!(%error, results = batch.len(), "results not delivered; retrying");
+                std::mem::take(&mut batch)
+            }
+        };
+        let failed = !unsettled.is_empty();
+        metrics.result_retries.inc_by(unsettled.len() as u64);
+        batch = unsettled;
+        batch.extend(later);
+        if failed {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            backoff = FIRST_BACKOFF;
         }
     }
+}
+
+/// Settles each result its answer settles (answers come in the order sent); returns
+/// those to send again.
+fn settle(batch: Vec<ReadyResult>, answers: Vec<ResultAnswer>) -> Vec<ReadyResult> {
+    let mut answers = answers.into_iter();
+    let mut again = Vec::new();
+    for ready in batch {
+        let task_id = ready.result.task_id;
+        match answers.next() {
+            Some(answer) if answer.task_id == task_id && answer.is_settled() => {
+                if answer.status >= 300 {
+                    tracing::info!(task_id, attempt = ready.result.attempt, status = answer.status, body = %answer.body,
+                        "master no longer wants this result");
+                }
+                let _ = ready.settled.send(());
+            }
+            Some(answer) => {
+                tracing::warn!(task_id, status = answer.status, body = %answer.body, "result not recorded; retrying");
+                again.push(ready);
+            }
+            None => again.push(ready),
+        }
+    }
+    again
 }

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     // a route_layer, so it runs before any extractor reads the body.
     let protected = Router::new()
         .route("/tasks/{id}/result", post(tasks::record_result))
+        .route("/results", post(tasks::record_results))
         .route("/slaves", post(slaves::register))
         .route("/slaves/{id}", axum::routing::delete(slaves::deregister))
         .route("/slaves/{id}/heartbeat", post(slaves::heartbeat))

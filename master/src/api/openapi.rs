@@ -29,6 +29,7 @@ use super::{health, slaves, tasks};
         tasks::events,
         tasks::cancel,
         tasks::record_result,
+        tasks::record_results,
         slaves::register,
         slaves::list,
         slaves::deregister,

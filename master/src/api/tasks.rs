@@ -7,7 +7,9 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use common::protocol::{ResultReport, Variables};
+use common::protocol::{
+    MAX_RESULTS_PER_REPORT, ResultAnswer, ResultAnswers, ResultReport, ResultsReport, Variables,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -477,19 +479,69 @@ pub async fn record_result(
     Path(id): Path<i64>,
     Json(report): Json<ResultReport>,
 ) -> Result<Json<ResultAck>, ApiError> {
+    answer_result(&state, id, report).await.map(Json)
+}
+
+/// A slave reports several results in one request; each is recorded exactly once, or
+/// refused, on its own.
+#[utoipa::path(
+    post,
+    path = "/results",
+    operation_id = "record_results",
+    tag = "slaves",
+    request_body = ResultsReport,
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "One answer per result, in the order sent: the status and body that \
+            `POST /tasks/{id}/result` would have answered for it", body = ResultAnswers),
+        (status = 400, description = "`invalid_request`: a bad body, no results, or more than 1 000", body = ApiError),
+        (status = 401, description = "`unauthorized`: the master has a token and the request does not carry it",
+            body = ApiError, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ApiError),
+    ),
+)]
+pub async fn record_results(
+    State(state): State<AppState>,
+    Json(report): Json<ResultsReport>,
+) -> Result<Json<ResultAnswers>, ApiError> {
+    let count = report.results.len();
+    if count == 0 || count > MAX_RESULTS_PER_REPORT {
+        return Err(ApiError::invalid(format!(
+            "a report carries 1 to {MAX_RESULTS_PER_REPORT} results, not {count}"
+        )));
+    }
+    let slave_id = report.slave_id;
+    // All at once: on SQLite they meet in one writer batch, and one statement.
+    let answers = report.results.into_iter().map(|result| {
+        let state = &state;
+        async move {
+            let single = ResultReport { slave_id, attempt: result.attempt, outcome: result.outcome };
+            let (status, body) = match answer_result(state, result.task_id, single).await {
+                Ok(ack) => (StatusCode::OK, serde_json::to_value(ack)),
+                Err(error) => (error.code.status(), serde_json::to_value(error)),
+            };
+            ResultAnswer { task_id: result.task_id, status: status.as_u16(), body: body.unwrap_or_default() }
+        }
+    });
+    let results = futures_util::future::join_all(answers).await;
+    Ok(Json(ResultAnswers { results }))
+}
+
+/// Records one result and says what that meant, as `POST /tasks/{id}/result` answers.
+async fn answer_result(state: &AppState, id: i64, report: ResultReport) -> Result<ResultAck, ApiError> {
     let (slave, attempt) = (report.slave_id, report.attempt);
     match state.cluster.record_result(TaskId(id), report).await? {
         ResultRecording::Recorded(status) => {
-            Ok(Json(ResultAck { recorded: true, status: Some(status), reason: None }))
+            Ok(ResultAck { recorded: true, status: Some(status), reason: None })
         }
         ResultRecording::Duplicate => {
-            Ok(Json(ResultAck { recorded: false, status: None, reason: Some(NotRecorded::Duplicate) }))
+            Ok(ResultAck { recorded: false, status: None, reason: Some(NotRecorded::Duplicate) })
         }
-        ResultRecording::Cancelled => Ok(Json(ResultAck {
+        ResultRecording::Cancelled => Ok(ResultAck {
             recorded: false,
             status: Some(TaskStatus::Cancelled),
             reason: Some(NotRecorded::Cancelled),
-        })),
+        }),
         ResultRecording::StaleAttempt { current } => Err(ApiError::new(
             ErrorCode::StaleAttempt,
             format!("attempt {attempt} of task {id} is stale: the current attempt is {current}"),

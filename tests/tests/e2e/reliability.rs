@@ -104,6 +104,54 @@ cluster_tests::on_both_engines! {
 }
 
 cluster_tests::on_both_engines! {
+    async fn a_report_of_several_results_answers_each_on_its_own_and_records_the_rest() {
+        let cluster = Cluster::start(&[3, 1]).await;
+        // Three long tasks fill slave-1 (id 1); the fourth goes to slave-2 (id 2).
+        let mut ids = Vec::new();
+        for expected in ["slave-1", "slave-1", "slave-1", "slave-2"] {
+            let reply = cluster.submit("1+1", 60_000).await;
+            assert_eq!((reply.status, reply.body["slave"]["name"].as_str()), (201, Some(expected)), "{:?}", reply.body);
+            ids.push(id_of(&reply));
+        }
+        let [won, stale, failing, foreign] = ids[..] else { unreachable!() };
+        let report = json!({"slave_id": 1, "results": [
+            {"task_id": won, "attempt": 1, "outcome": {"value": 5.0}},
+            {"task_id": won, "attempt": 1, "outcome": {"value": 5.0}},
+            {"task_id": stale, "attempt": 2, "outcome": {"value": 5.0}},
+            {"task_id": foreign, "attempt": 1, "outcome": {"value": 5.0}},
+            {"task_id": failing, "attempt": 1, "outcome": {"error": "division by zero gives inf"}},
+            {"task_id": 999_999, "attempt": 1, "outcome": {"value": 5.0}},
+        ]});
+        let reply = cluster.http.post(&cluster.url("/results"), &report).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let answers = reply.body["results"].as_array().expect("one answer per result");
+        let seen: Vec<(i64, i64)> =
+            answers.iter().map(|a| (a["task_id"].as_i64().unwrap(), a["status"].as_i64().unwrap())).collect();
+        // The same task twice: one is recorded, the other is its duplicate (either order).
+        assert_eq!(seen, [(won, 200), (won, 200), (stale, 409), (foreign, 403), (failing, 200), (999_999, 404)]);
+        let mut twice = [answers[0]["body"].clone(), answers[1]["body"].clone()];
+        twice.sort_by_key(|body| body["recorded"] != true);
+        assert_eq!(twice, [json!({"recorded": true, "status": "done"}), json!({"recorded": false, "reason": "duplicate"})]);
+        assert_eq!(answers[2]["body"]["error"], "stale_attempt");
+        assert_eq!(answers[3]["body"]["error"], "forbidden");
+        assert_eq!(answers[4]["body"], json!({"recorded": true, "status": "failed"}));
+        assert_eq!(answers[5]["body"]["error"], "not_found");
+
+        let won_task = cluster.task(won).await;
+        assert_eq!((won_task["status"].as_str(), won_task["result"].as_f64()), (Some("done"), Some(5.0)));
+        let failed = cluster.task(failing).await;
+        assert_eq!((failed["status"].as_str(), failed["error"].as_str()), (Some("failed"), Some("division by zero gives inf")));
+        for untouched in [stale, foreign] {
+            assert_eq!(cluster.task(untouched).await["status"], "in_progress", "task {untouched}");
+        }
+        assert_eq!(cluster.event_count(won, "done").await, 1);
+
+        let empty = json!({"slave_id": 1, "results": []});
+        assert_eq!(cluster.http.post(&cluster.url("/results"), &empty).await.status_and_code(), (400, "invalid_request"));
+    }
+}
+
+cluster_tests::on_both_engines! {
     async fn a_cancelled_task_is_dropped_by_its_slave_and_its_late_result_is_ignored() {
         let cluster = Cluster::start(&[1]).await;
         let id = id_of(&cluster.submit("1+1", 30_000).await);

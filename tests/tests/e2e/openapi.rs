@@ -15,6 +15,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/masters", &["get"]),
     ("/metrics", &["get"]),
     ("/openapi.json", &["get"]),
+    ("/results", &["post"]),
     ("/slaves", &["get", "post"]),
     ("/slaves/{id}", &["delete"]),
     ("/slaves/{id}/heartbeat", &["post"]),
@@ -26,6 +27,7 @@ const ROUTES: &[(&str, &[&str])] = &[
 
 /// Routes that need the cluster token when the master has one (SPEC §8).
 const PROTECTED: &[(&str, &str)] = &[
+    ("/results", "post"),
     ("/slaves", "post"),
     ("/slaves/{id}", "delete"),
     ("/slaves/{id}/heartbeat", "post"),

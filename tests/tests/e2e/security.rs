@@ -29,6 +29,8 @@ cluster_tests::on_both_engines! {
                 ("register", http.post(&cluster.url("/slaves"), &registration).await),
                 ("heartbeat", http.post(&cluster.url("/slaves/1/heartbeat"), &json!({"running": []})).await),
                 ("result", http.post(&cluster.url(&format!("/tasks/{id}/result")), &result).await),
+                ("results", http.post(&cluster.url("/results"), &json!({"slave_id": 1, "results": [
+                    {"task_id": id, "attempt": 1, "outcome": {"value": 0.0}}]})).await),
                 ("deregister", http.delete(&cluster.url("/slaves/1")).await),
                 ("cancel", http.delete(&cluster.url(&format!("/tasks/{id}"))).await),
                 ("slave offer", http.post(&format!("{slave_url}/tasks"), &offer).await),

@@ -27,6 +27,24 @@ pub struct Offer {
     pub delay_ms: u64,
 }
 
+/// Most offers in one `POST /offers`; more is refused with 400.
+pub const MAX_OFFERS_PER_REQUEST: usize = 256;
+
+/// Master → slave `POST /offers`: several offers in one request, taken in the order
+/// sent while the slave has room; each is answered as `POST /tasks` would answer it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Offers {
+    /// 1..=256 offers.
+    pub offers: Vec<Offer>,
+}
+
+/// Slave → master: the answer to [`Offers`], one entry per offer in the order sent
+/// (`available` true: the slot is reserved, as a 202 to `POST /tasks`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OfferAnswers {
+    pub answers: Vec<Availability>,
+}
+
 /// Slave → master: the answer to an offer (202 or 409) and to `GET /availability`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Availability {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use common::protocol::{Offer, Variables};
+use futures_util::future::join_all;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -170,14 +171,25 @@ impl Cluster {
         first: Candidate,
         deadline: Duration,
     ) -> Result<OfferOutcome, LedgerError> {
+        let answer = self.calls().offer(&first.name, &first.url, offer).await;
+        self.offer_on(offer, first, answer, deadline).await
+    }
+
+    /// [`Self::offer_in_order`] once `candidate` has given `answer`.
+    async fn offer_on(
+        &self,
+        offer: &Offer,
+        mut candidate: Candidate,
+        mut answer: Answer,
+        deadline: Duration,
+    ) -> Result<OfferOutcome, LedgerError> {
         let id = TaskId(offer.task_id);
         let mut tried = Vec::new();
         // Why each slave tried did not answer; emptied by the first refusal, since then
         // some slave is there and merely busy.
         let mut unanswered = Some(Vec::new());
-        let mut candidate = first;
         loop {
-            match self.calls().offer(&candidate.name, &candidate.url, offer).await {
+            match answer {
                 Answer::Accepted => {
                     tracing::Span::current().record("slave", candidate.name.as_str());
                     self.count_offer("accepted");
@@ -213,6 +225,7 @@ impl Cluster {
             }
             self.timers().start(id, next.id, offer.attempt, deadline);
             candidate = next;
+            answer = self.calls().offer(&candidate.name, &candidate.url, offer).await;
         }
     }
 
@@ -241,8 +254,10 @@ impl Cluster {
         while offers.running.join_next().await.is_some() {}
     }
 
-    /// Starts an offer for each pending task (not already being offered) while slots
-    /// are free, reading no more pending rows than there are free slots.
+    /// Starts offers for the pending tasks (not already being offered) while slots are
+    /// free, reading no more pending rows than there are free slots. The tasks that go
+    /// to the same slave (the first in order with room, until the master counts it
+    /// full) are offered to it in one request.
     async fn dispatch_round(&self, offers: &mut OffersInFlight) -> Result<(), LedgerError> {
         loop {
             let free = i64::try_from(self.slaves().free_slots()).unwrap_or(i64::MAX);
@@ -252,10 +267,8 @@ impl Cluster {
             let in_flight = i64::try_from(offers.offering.len()).unwrap_or(i64::MAX);
             let pending =
                 self.ledger().oldest_pending(free.min(PENDING_BATCH).saturating_add(in_flight)).await?;
-            let waiting: Vec<TaskRow> =
-                pending.into_iter().filter(|task| !offers.is_offering(task.id)).collect();
-            let mut started = 0;
-            for task in waiting {
+            let mut groups: Vec<(Candidate, Vec<PendingOffer>)> = Vec::new();
+            for task in pending.into_iter().filter(|task| !offers.is_offering(task.id)) {
                 let variables = match task.variables() {
                     Ok(variables) => variables,
                     Err(error) => {
@@ -263,51 +276,118 @@ impl Cluster {
                         continue;
                     }
                 };
-                let Some(slave) = self.slaves().reserve_next(&[]) else { return Ok(()) };
-                let cluster = self.clone();
-                let id = task.id;
-                let handle = offers.running.spawn(async move {
-                    if let Err(error) = cluster.dispatch_pending(task, variables, slave).await {
-                        tracing::error!(task_id = %id, %error, "dispatching a pending task failed");
-                    }
-                });
-                offers.started(handle, id);
-                started += 1;
+                let Some(slave) = self.slaves().reserve_next(&[]) else { break };
+                // One offer at a time to a slave: the next waits for the answer, so no
+                // newer task takes a slot an older one was refused a moment before.
+                if offers.is_offering_to(slave.id) {
+                    self.slaves().release(slave.id);
+                    break;
+                }
+                let offer = PendingOffer::new(task, variables);
+                match groups.last_mut() {
+                    Some((last, group)) if last.id == slave.id => group.push(offer),
+                    _ => groups.push((slave, vec![offer])),
+                }
             }
             // Nothing startable in what was read (or nothing to read): wait for a wake.
-            if started == 0 {
+            if groups.is_empty() {
                 return Ok(());
+            }
+            for (slave, group) in groups {
+                let slave_id = slave.id;
+                let ids: Vec<TaskId> = group.iter().map(|offer| offer.task_id).collect();
+                let cluster = self.clone();
+                let handle = offers.running.spawn(async move {
+                    if let Err(error) = cluster.dispatch_pending(slave, group).await {
+                        tracing::error!(%error, "dispatching pending tasks failed");
+                    }
+                });
+                offers.started(handle, slave_id, ids);
             }
         }
     }
 
-    #[tracing::instrument(name = "dispatch", skip_all, fields(task_id = %task.id, slave = tracing::field::Empty))]
-    async fn dispatch_pending(
-        &self,
-        task: TaskRow,
-        variables: Variables,
-        slave: Candidate,
-    ) -> Result<(), LedgerError> {
-        let attempt = task.attempts.max(1);
-        let delay_ms = u64::try_from(task.delay_ms).unwrap_or(0);
-        let budget = self.config().task_deadline(delay_ms);
-        let from = AssignFrom::Pending { attempts: task.attempts };
-        let assigned = self.ledger().assign(task.id, from, slave.id, attempt, budget).await;
-        if !matches!(assigned, Ok(true)) {
-            // Moved on since it was read (cancelled, or another dispatch took it).
-            self.slaves().release(slave.id);
-            return assigned.map(|_| ());
+    /// Assigns `group` to `slave` (reserved for each), offers it in one request, and
+    /// takes each task the slave had no room for on to the next slaves in order; what
+    /// none takes goes back to pending.
+    #[tracing::instrument(name = "dispatch", skip_all, fields(tasks = group.len(), slave = %slave.name))]
+    async fn dispatch_pending(&self, slave: Candidate, group: Vec<PendingOffer>) -> Result<(), LedgerError> {
+        let budgets: Vec<Duration> =
+            group.iter().map(|pending| self.config().task_deadline(pending.offer.delay_ms)).collect();
+        let assigned = join_all(group.iter().zip(&budgets).map(|(pending, budget)| {
+            let from = AssignFrom::Pending { attempts: pending.attempts };
+            self.ledger().assign(pending.task_id, from, slave.id, pending.offer.attempt, *budget)
+        }))
+        .await;
+        let mut offered = Vec::with_capacity(group.len());
+        let mut first_error = None;
+        for ((pending, budget), assigned) in group.into_iter().zip(budgets).zip(assigned) {
+            match assigned {
+                Ok(true) => {
+                    self.timers().start(pending.task_id, slave.id, pending.offer.attempt, budget);
+                    offered.push((pending, budget));
+                }
+                // Moved on since it was read (cancelled, or another dispatch took it).
+                Ok(false) => self.slaves().release(slave.id),
+                Err(error) => {
+                    self.slaves().release(slave.id);
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        self.timers().start(task.id, slave.id, attempt, budget);
-        let offer = Offer { task_id: task.id.0, attempt, variables, expression: task.expression, delay_ms };
-        match self.offer_in_order(&offer, slave, budget).await? {
+        let offers: Vec<Offer> = offered.iter().map(|(pending, _)| pending.offer.clone()).collect();
+        let answers = self.calls().offer_all(&slave.url, &offers).await;
+        let settled =
+            join_all(offered.iter().zip(answers).map(|((pending, budget), answer)| {
+                self.settle_pending(pending, slave.clone(), answer, *budget)
+            }))
+            .await;
+        match first_error {
+            Some(error) => Err(error),
+            None => settled.into_iter().collect(),
+        }
+    }
+
+    /// Follows one pending task's first answer to its end: taken somewhere, or back to
+    /// pending when every slave with room refused it.
+    async fn settle_pending(
+        &self,
+        pending: &PendingOffer,
+        slave: Candidate,
+        answer: Answer,
+        budget: Duration,
+    ) -> Result<(), LedgerError> {
+        let offer = &pending.offer;
+        match self.offer_on(offer, slave, answer, budget).await? {
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
-                self.timers().stop(task.id, last, attempt);
-                self.ledger().unassign(task.id, last, attempt, task.attempts).await?;
+                self.timers().stop(pending.task_id, last, offer.attempt);
+                self.ledger().unassign(pending.task_id, last, offer.attempt, pending.attempts).await?;
             }
             OfferOutcome::Taken(_) | OfferOutcome::Gone => {}
         }
         Ok(())
+    }
+}
+
+/// A pending task read for dispatch, with the offer it becomes.
+struct PendingOffer {
+    task_id: TaskId,
+    /// The task's `attempts` as read: the assignment's guard, and what an unassign
+    /// restores.
+    attempts: i64,
+    offer: Offer,
+}
+
+impl PendingOffer {
+    fn new(task: TaskRow, variables: Variables) -> Self {
+        let offer = Offer {
+            task_id: task.id.0,
+            attempt: task.attempts.max(1),
+            delay_ms: u64::try_from(task.delay_ms).unwrap_or(0),
+            variables,
+            expression: task.expression,
+        };
+        Self { task_id: task.id, attempts: task.attempts, offer }
     }
 }
 
@@ -320,11 +400,11 @@ fn outcome_reason(outcome: &OfferOutcome) -> Option<String> {
 }
 
 /// The dispatcher's offers in flight, by tokio task id, so a finished (or panicked)
-/// offer always frees its task for the next round.
+/// offer always frees its tasks and its slave for the next round.
 #[derive(Default)]
 struct OffersInFlight {
     running: JoinSet<()>,
-    tasks: HashMap<tokio::task::Id, TaskId>,
+    groups: HashMap<tokio::task::Id, (SlaveId, Vec<TaskId>)>,
     offering: HashSet<TaskId>,
 }
 
@@ -333,9 +413,13 @@ impl OffersInFlight {
         self.offering.contains(&id)
     }
 
-    fn started(&mut self, handle: tokio::task::AbortHandle, id: TaskId) {
-        self.tasks.insert(handle.id(), id);
-        self.offering.insert(id);
+    fn is_offering_to(&self, slave: SlaveId) -> bool {
+        self.groups.values().any(|(to, _)| *to == slave)
+    }
+
+    fn started(&mut self, handle: tokio::task::AbortHandle, slave: SlaveId, ids: Vec<TaskId>) {
+        self.offering.extend(ids.iter().copied());
+        self.groups.insert(handle.id(), (slave, ids));
     }
 
     fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
@@ -346,8 +430,10 @@ impl OffersInFlight {
                 error.id()
             }
         };
-        if let Some(task) = self.tasks.remove(&id) {
-            self.offering.remove(&task);
+        if let Some((_, tasks)) = self.groups.remove(&id) {
+            for task in tasks {
+                self.offering.remove(&task);
+            }
         }
     }
 }

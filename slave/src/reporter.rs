@@ -212,10 +212,8 @@ async fn report_results(
         if batch.is_empty() && queue.recv_many(&mut batch, MAX_RESULTS_PER_REPORT).await == 0 {
             return;
         }
-        let mut bytes: usize = batch.iter().map(ReadyResult::size).sum();
-        while batch.len() < MAX_RESULTS_PER_REPORT && bytes < MAX_REPORT_BYTES {
+        while batch.len() < MAX_RESULTS_PER_REPORT {
             let Ok(ready) = queue.try_recv() else { break };
-            bytes += ready.size();
             batch.push(ready);
         }
         // A run that stopped waiting (its task was dropped, or handed back at shutdown)

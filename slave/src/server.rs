@@ -1,5 +1,5 @@
-//! The slave's HTTP API (SPEC §5). Offers and drops need the cluster token; the
-//! availability probe is public, like a health check.
+//! The slave's HTTP API (SPEC §5). Offers (one, or several in one `POST /offers`) and
+//! drops need the cluster token; the availability probe is public, like a health check.
 
 use axum::{
     Json, Router,
@@ -13,7 +13,7 @@ use axum::{
 use common::{
     auth::require_token,
     eval,
-    protocol::{Availability, ErrorBody, Offer, Outcome},
+    protocol::{Availability, ErrorBody, MAX_OFFERS_PER_REQUEST, Offer, OfferAnswers, Offers, Outcome},
 };
 
 use crate::{SlaveState, metrics::Outcome as MetricOutcome, slots::Reservation};
@@ -25,6 +25,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: SlaveState) -> Router {
     let protected = Router::new()
         .route("/tasks", post(offer))
+        .route("/offers", post(offers))
         .route("/tasks/{id}", delete(drop_task))
         // route_layer: the token is checked before any extractor reads the body.
         .route_layer(middleware::from_fn_with_state(state.token.clone(), require_token));
@@ -75,6 +76,30 @@ async fn offer(State(state): State<SlaveState>, body: Result<Json<Offer>, JsonRe
         Ok(body) => body,
         Err(rejection) => return error(rejection.status(), "invalid_request", rejection.body_text()),
     };
+    state.metrics.offer_requests.inc();
+    let answer = take_offer(&state, offer);
+    let status = if answer.available { StatusCode::ACCEPTED } else { StatusCode::CONFLICT };
+    (status, Json(answer)).into_response()
+}
+
+/// Several offers in one request, taken in the order sent while there is room: each
+/// answered as [`offer`] would answer it, in one 200 list.
+async fn offers(State(state): State<SlaveState>, body: Result<Json<Offers>, JsonRejection>) -> Response {
+    let Json(Offers { offers }) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), "invalid_request", rejection.body_text()),
+    };
+    if !(1..=MAX_OFFERS_PER_REQUEST).contains(&offers.len()) {
+        let message = format!("{} offers; one request carries 1 to {MAX_OFFERS_PER_REQUEST}", offers.len());
+        return error(StatusCode::BAD_REQUEST, "invalid_request", message);
+    }
+    state.metrics.offer_requests.inc();
+    let answers = offers.into_iter().map(|offer| take_offer(&state, offer)).collect();
+    Json(OfferAnswers { answers }).into_response()
+}
+
+/// Reserves a slot for `offer` and starts it, or says the slave is full.
+fn take_offer(state: &SlaveState, offer: Offer) -> Availability {
     let capacity = state.slots.capacity();
     let (reservation, cancel) = state.slots.reserve(offer.task_id, offer.attempt);
     let answer = if matches!(reservation, Reservation::Full { .. }) { "refused" } else { "accepted" };
@@ -84,14 +109,10 @@ async fn offer(State(state): State<SlaveState>, body: Result<Json<Offer>, JsonRe
             tracing::debug!(task_id = offer.task_id, attempt = offer.attempt, "offer accepted");
             let run_state = state.clone();
             state.runs.spawn(async move { run(run_state, offer, cancel).await });
-            (StatusCode::ACCEPTED, Json(Availability::new(true, running, capacity))).into_response()
+            Availability::new(true, running, capacity)
         }
-        Reservation::AlreadyHeld { running } => {
-            (StatusCode::ACCEPTED, Json(Availability::new(true, running, capacity))).into_response()
-        }
-        Reservation::Full { running } => {
-            (StatusCode::CONFLICT, Json(Availability::new(false, running, capacity))).into_response()
-        }
+        Reservation::AlreadyHeld { running } => Availability::new(true, running, capacity),
+        Reservation::Full { running } => Availability::new(false, running, capacity),
     }
 }
 

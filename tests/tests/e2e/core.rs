@@ -307,3 +307,115 @@ async fn listed(cluster: &Cluster, query: &str) -> (Vec<i64>, Option<i64>) {
     let found = reply.body["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
     (found, reply.body["next"].as_i64())
 }
+
+cluster_tests::on_both_engines! {
+    /// Issue 14: the pending tasks bound for one slave go to it in one request; it takes
+    /// what fits, and the rest stay pending and go to the next slave in order.
+    async fn a_multi_task_offer_fills_the_slave_and_the_rest_go_to_the_next_slave_in_order() {
+        let options = cluster_tests::MasterOptions {
+            args: ["--when-full", "queue"].map(String::from).to_vec(),
+            ..cluster_tests::MasterOptions::default()
+        };
+        // A slave refused stays skipped until it heartbeats or a slot of it frees (the
+        // master frees its count of a slot when it records a result, a moment before
+        // the slave hears so and frees the slot itself): fast heartbeats keep that short.
+        let cluster = Cluster::start_with(options, cluster_tests::fast_heartbeats(), &[2, 2]).await;
+        // The master counts room for 5 on slave-1 (as a stale or wrong registration
+        // would have it); the slave has 2 slots, and its own answer decides (SPEC §5).
+        let slave_1 = &cluster.slaves[0].url;
+        let instance = cluster.http.get(&format!("{slave_1}/availability")).await.body["instance"].clone();
+        let registration = json!({"name": "slave-1", "url": slave_1, "capacity": 5, "instance": instance});
+        let again = cluster.http.post(&cluster.url("/slaves"), &registration).await;
+        assert_eq!(again.status, 201, "{:?}", again.body);
+
+        // Slave-1 busy for 1 s, slave-2 for 4 s; then five tasks of 6 s wait.
+        for (expression, delay_ms, slave) in
+            [("0", 1_000, "slave-1"), ("0", 1_000, "slave-1"), ("0", 4_000, "slave-2"), ("0", 4_000, "slave-2")]
+        {
+            let reply = cluster.submit(expression, delay_ms).await;
+            assert_eq!((reply.status, reply.body["slave"]["name"].as_str()), (201, Some(slave)), "{:?}", reply.body);
+        }
+        let mut waiting = Vec::new();
+        for n in 1..=5 {
+            let reply = cluster.submit(&format!("{n}*10"), 6_000).await;
+            assert_eq!((reply.status, reply.body["status"].as_str()), (202, Some("pending")), "{:?}", reply.body);
+            waiting.push(reply.body["id"].as_i64().unwrap());
+        }
+
+        // When slave-1 frees, the master offers it the oldest pending tasks in one
+        // request; it takes what its two slots hold. The rest stay pending until slave-2 frees,
+        // which takes the next two; the last waits for the first slave with room.
+        let mut ran_on = Vec::new();
+        for (n, id) in waiting.iter().enumerate() {
+            let task = cluster.wait_final(*id).await;
+            assert_eq!((task["status"].as_str(), task["result"].as_f64()), (Some("done"), Some((n + 1) as f64 * 10.0)));
+            ran_on.push(task["slave"]["name"].as_str().unwrap().to_owned());
+        }
+        let ledger = cluster.ledger().await;
+        let history: Vec<(i64, String, Option<i64>)> =
+            sqlx::query_as("SELECT task_id, kind, slave_id FROM task_events ORDER BY id").fetch_all(&ledger).await.unwrap();
+        assert_eq!(ran_on, ["slave-1", "slave-1", "slave-2", "slave-2", "slave-1"], "{history:?}");
+        for id in &waiting[2..4] {
+            assert!(cluster.event_count(*id, "unassigned").await >= 1, "task {id} went back to pending");
+        }
+        // One request per offer would make these equal: the first offer of the pending
+        // tasks carried at least four of them.
+        let text = reqwest::get(format!("{slave_1}/metrics")).await.unwrap().text().await.unwrap();
+        let count = |series: &str| -> f64 {
+            text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+        };
+        let offers = count("slave_offers_total{outcome=\"accepted\"}") + count("slave_offers_total{outcome=\"refused\"}");
+        assert!(offers - count("slave_offer_requests_total") >= 3.0, "{text}");
+    }
+}
+
+/// A slave's `POST /offers`: the offers taken in the order sent while it has room, each
+/// answered as `POST /tasks` would be; an empty or oversized list is a 400.
+#[tokio::test]
+async fn a_slave_takes_the_offers_of_one_request_in_order_while_it_has_room() {
+    let cluster = Cluster::start(&[2]).await;
+    let slave = &cluster.slaves[0].url;
+    let offer =
+        |task_id: i64| json!({"task_id": task_id, "attempt": 1, "expression": "1", "delay_ms": 30_000});
+    let reply = cluster
+        .http
+        .post(&format!("{slave}/offers"), &json!({"offers": [offer(901), offer(902), offer(903)]}))
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let answers: Vec<_> = reply.body["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|answer| (answer["available"].clone(), answer["message"].clone(), answer["running"].clone()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (json!(true), json!("I am available"), json!(1)),
+            (json!(true), json!("I am available"), json!(2)),
+            (json!(false), json!("I am not available"), json!(2)),
+        ]
+    );
+    // The same offer again is the slot already held: accepted, nothing new runs.
+    let again =
+        cluster.http.post(&format!("{slave}/offers"), &json!({"offers": [offer(902), offer(904)]})).await;
+    assert_eq!(again.body["answers"][0]["available"], true, "{:?}", again.body);
+    assert_eq!(again.body["answers"][1]["available"], false, "{:?}", again.body);
+
+    let too_many: Vec<Value> = (0..257).map(offer).collect();
+    for body in [json!({"offers": []}), json!({"offers": too_many}), json!({"offers": "x"})] {
+        let refused = cluster.http.post(&format!("{slave}/offers"), &body).await;
+        assert_eq!(
+            refused.status_and_code().0,
+            if body["offers"].is_array() { 400 } else { 422 },
+            "{:?}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"], "invalid_request", "{:?}", refused.body);
+    }
+    let availability = cluster.http.get(&format!("{slave}/availability")).await;
+    assert_eq!(
+        (availability.body["running"].as_u64(), availability.body["available"].as_bool()),
+        (Some(2), Some(false))
+    );
+}

@@ -34,6 +34,7 @@ cluster_tests::on_both_engines! {
                 ("deregister", http.delete(&cluster.url("/slaves/1")).await),
                 ("cancel", http.delete(&cluster.url(&format!("/tasks/{id}"))).await),
                 ("slave offer", http.post(&format!("{slave_url}/tasks"), &offer).await),
+                ("slave offers", http.post(&format!("{slave_url}/offers"), &json!({"offers": [offer]})).await),
                 ("slave drop", http.delete(&format!("{slave_url}/tasks/{id}")).await),
             ];
             for (route, reply) in replies {

@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -60,6 +60,11 @@ struct Inner {
     dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
     accepting: AtomicBool,
+    /// Whether a task may be pending, without asking the ledger: bumped before this
+    /// master makes a task pending, and copied into `pending_cleared` when the
+    /// dispatcher then finds the queue empty (see [`Cluster::may_have_pending`]).
+    pending_marks: AtomicU64,
+    pending_cleared: AtomicU64,
     /// This master's row in the ledger's `masters`, once recorded.
     master_id: OnceLock<i64>,
 }
@@ -126,6 +131,9 @@ impl Cluster {
                 activity: Activity::default(),
                 dispatch_wanted: Notify::new(),
                 accepting: AtomicBool::new(true),
+                // Tasks left pending by an earlier run: unknown until the first look.
+                pending_marks: AtomicU64::new(1),
+                pending_cleared: AtomicU64::new(0),
                 master_id: OnceLock::new(),
             }),
         })
@@ -179,6 +187,31 @@ impl Cluster {
     /// Stops taking submissions; results, reads and heartbeats go on.
     pub fn stop_accepting(&self) {
         self.inner.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the queue may hold a pending task: false only when the dispatcher found
+    /// it empty after the last time this master made a task pending (and no other
+    /// master shares the ledger). Spares queue-mode submissions a ledger read each.
+    pub(crate) fn may_have_pending(&self) -> bool {
+        self.inner.ledger.is_shared()
+            || self.inner.pending_marks.load(Ordering::SeqCst)
+                != self.inner.pending_cleared.load(Ordering::SeqCst)
+    }
+
+    /// Called before a write that makes a task pending.
+    pub(crate) fn note_pending(&self) {
+        self.inner.pending_marks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The mark to pass to [`Self::queue_seen_empty`], read before the queue is read.
+    pub(crate) fn pending_mark(&self) -> u64 {
+        self.inner.pending_marks.load(Ordering::SeqCst)
+    }
+
+    /// The dispatcher read the queue (after [`Self::pending_mark`] gave `mark`) and
+    /// found it empty: nothing made pending since then is missed, as that bumped the mark.
+    pub(crate) fn queue_seen_empty(&self, mark: u64) {
+        self.inner.pending_cleared.store(mark, Ordering::SeqCst);
     }
 
     pub(crate) fn wake_dispatcher(&self) {
@@ -416,6 +449,7 @@ impl Cluster {
     /// A task was lost on its slave: back to pending (and to the dispatcher) or failed.
     pub(crate) async fn requeue(&self, task: HeldTask, reason: String) -> Result<Requeue, LedgerError> {
         let max_attempts = self.inner.config.max_attempts;
+        self.note_pending();
         let outcome = self.inner.ledger.requeue_lost(
             task.id,
             task.slave_id,

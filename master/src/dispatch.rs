@@ -87,7 +87,7 @@ impl Cluster {
         }
         let queue_mode = self.config().when_full == WhenFull::Queue;
         // In queue mode a new task never overtakes one already waiting.
-        if queue_mode && self.ledger().counts().await?.pending > 0 {
+        if queue_mode && self.may_have_pending() && self.ledger().counts().await?.pending > 0 {
             return self.enqueue(&task).await;
         }
         let Some(first) = self.slaves().reserve_next(&[]) else {
@@ -122,6 +122,7 @@ impl Cluster {
             OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) if queue_mode => {
                 self.timers().stop(id, last, 1);
+                self.note_pending();
                 self.ledger().unassign(id, last, 1, 0).await?;
                 self.wake_dispatcher();
                 Submitted::Queued { id }
@@ -157,6 +158,7 @@ impl Cluster {
         if pending >= self.config().queue_limit {
             return Err(self.rejected(SubmitError::QueueFull(pending)));
         }
+        self.note_pending();
         let id = self.ledger().insert_task(task, None).await?;
         self.metrics().tasks_submitted.inc();
         self.wake_dispatcher();
@@ -265,8 +267,12 @@ impl Cluster {
                 return Ok(());
             }
             let in_flight = i64::try_from(offers.offering.len()).unwrap_or(i64::MAX);
+            let mark = self.pending_mark();
             let pending =
                 self.ledger().oldest_pending(free.min(PENDING_BATCH).saturating_add(in_flight)).await?;
+            if pending.is_empty() {
+                self.queue_seen_empty(mark);
+            }
             let mut groups: Vec<(Candidate, Vec<PendingOffer>)> = Vec::new();
             for task in pending.into_iter().filter(|task| !offers.is_offering(task.id)) {
                 let variables = match task.variables() {
@@ -361,6 +367,7 @@ impl Cluster {
         match self.offer_on(offer, slave, answer, budget).await? {
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
                 self.timers().stop(pending.task_id, last, offer.attempt);
+                self.note_pending();
                 self.ledger().unassign(pending.task_id, last, offer.attempt, pending.attempts).await?;
             }
             OfferOutcome::Taken(_) | OfferOutcome::Gone => {}

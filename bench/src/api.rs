@@ -12,7 +12,7 @@ use std::{
 
 use common::{auth::Token, protocol::Variables};
 use master_client::{ClientError, MasterClient, Options};
-pub use master_client::{Page, Task};
+pub use master_client::{Page, StatusPage, Task};
 
 use super::BenchError;
 
@@ -86,6 +86,11 @@ impl Api {
     /// `GET /tasks?after=&limit=[&status=]`.
     pub async fn page(&self, status: Option<&str>, after: i64, limit: u32) -> Result<Page, BenchError> {
         Ok(self.client.tasks(status, Some(after), i64::from(limit)).await?)
+    }
+
+    /// `GET /tasks?after=&limit=`, ids and statuses only (the throughput tracker).
+    pub async fn statuses(&self, after: i64, limit: u32) -> Result<StatusPage, BenchError> {
+        Ok(self.client.task_statuses(after, i64::from(limit)).await?)
     }
 
     /// `GET /tasks?order=newest&before=&limit=` with a status or a slave filter: the

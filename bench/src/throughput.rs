@@ -31,7 +31,7 @@ use super::{
 
 /// Pause between two pages of the tracker: short next to a task's round trip, long
 /// enough that tracking stays a small share of the master's work.
-const TRACK_INTERVAL: Duration = Duration::from_millis(2);
+const TRACK_INTERVAL: Duration = Duration::from_millis(4);
 /// Page size of the tracker (the API's largest).
 const TRACK_PAGE: u32 = 1000;
 /// Pause before re-submitting after 503 `queue_full` / `full_capacity`.
@@ -263,7 +263,7 @@ async fn track_until(
             let mut after = low - 1;
             // Bounded: each page moves `after` forward, and the loop ends past `high`.
             while after < high {
-                let page = api.page(None, after, TRACK_PAGE).await?;
+                let page = api.statuses(after, TRACK_PAGE).await?;
                 let mut window = lock(window);
                 for task in page.tasks.iter().filter(|task| task.is_final()) {
                     if let Some(worker) = window.remove(&task.id) {

@@ -101,6 +101,29 @@ pub struct Page {
     pub next: Option<i64>,
 }
 
+/// A page of `GET /tasks` read for the ids and statuses only (the other fields are
+/// skipped, not built): what a poller waiting for tasks to end needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatusPage {
+    pub tasks: Vec<TaskStatusEntry>,
+    /// The `after` of the next page, if there may be one.
+    pub next: Option<i64>,
+}
+
+/// One task of a [`StatusPage`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TaskStatusEntry {
+    pub id: i64,
+    pub status: String,
+}
+
+impl TaskStatusEntry {
+    /// Whether nothing will move the task any more (SPEC §3).
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "done" | "failed" | "cancelled")
+    }
+}
+
 /// What `POST /tasks` answered with 201 (assigned) or 202 (queued).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Submitted {
@@ -323,6 +346,15 @@ impl MasterClient {
     pub async fn tasks_where(&self, query: &[(&str, String)]) -> Result<Page, ClientError> {
         self.call("GET /tasks", Failover::Repeatable, |http, base| {
             http.get(format!("{base}/tasks")).query(query)
+        })
+        .await
+    }
+
+    /// `GET /tasks?after=&limit=`, read for ids and statuses only.
+    pub async fn task_statuses(&self, after: i64, limit: i64) -> Result<StatusPage, ClientError> {
+        let query = [("limit", limit.to_string()), ("after", after.to_string())];
+        self.call("GET /tasks", Failover::Repeatable, |http, base| {
+            http.get(format!("{base}/tasks")).query(&query)
         })
         .await
     }

@@ -13,7 +13,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::logging::init(cli.log_format);
     master::memory::limit_allocator_arenas();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let mut runtime = match &cli.command {
+        // The load generator shares the cores with what it measures: one thread keeps
+        // its own cost low (no hand-offs between worker threads).
+        Command::Bench(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     if let Command::Serve(args) = &cli.command
         && let Some(threads) = args.worker_threads
     {

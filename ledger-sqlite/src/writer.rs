@@ -57,8 +57,18 @@ pub(super) async fn write_loop(writer: Writer) {
         }
         let started = std::time::Instant::now();
         let size = batch.len();
-        let (deliveries, failed) = run_batch(&mut conn, &mut batch, &fault).await;
-        let committed = if failed {
+        let one_statement = is_one_statement(&batch);
+        let (deliveries, failed) = run_batch(&mut conn, &mut batch, &fault, one_statement).await;
+        let committed = if one_statement {
+            // The statement committed on its own (synchronous=FULL: on disk) before it
+            // returned, or failed and its callers heard why from it. A result read
+            // back after it that then failed was answered on its own too: every
+            // answer still to give is for a write on disk.
+            if !failed {
+                fault.set(None);
+            }
+            Ok(())
+        } else if failed {
             let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
             Err("another write of the same batch failed; the batch was rolled back".to_owned())
         } else {
@@ -85,16 +95,35 @@ pub(super) async fn write_loop(writer: Writer) {
     let _ = conn.close().await;
 }
 
-/// Runs a batch inside `BEGIN IMMEDIATE`; true in the second place if a write failed
-/// (the rest of the batch is then dropped, which answers those callers `Closed`).
+/// Whether the batch is one statement: only submissions, or only results (each kind
+/// is one statement, its events written by triggers). A statement is atomic and
+/// commits on its own, so such a batch needs no `BEGIN` and `COMMIT`: two round trips
+/// to SQLite's worker thread fewer, a good part of a lone write's time. (The results
+/// that did not win are read back after that commit; only this writer writes, so they
+/// read what the statement left.)
+fn is_one_statement(batch: &[Job]) -> bool {
+    batch.iter().all(|job| matches!(job, Job::InsertTask(..)))
+        || batch.iter().all(|job| matches!(job, Job::RecordResult(..)))
+}
+
+/// Runs a batch inside `BEGIN IMMEDIATE` (unless it is `one_statement`); true in the
+/// second place if a write failed (the rest of the batch is then dropped, which
+/// answers those callers `Closed`).
 ///
 /// Submissions first (one statement for all), then results (one statement for all),
 /// then every other write in arrival order. Every write of a batch was queued
 /// concurrently by callers still waiting for their answer, so any order is one they
 /// could have happened in.
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>, fault: &Fault) -> (Vec<Deliver>, bool) {
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Job>,
+    fault: &Fault,
+    one_statement: bool,
+) -> (Vec<Deliver>, bool) {
     let mut deliveries = Vec::with_capacity(batch.len());
-    if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    if one_statement {
+        // No transaction to open.
+    } else if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         tracing::error!(%error, "cannot begin a ledger transaction");
         fault.set(Some(format!("cannot begin a transaction: {error}")));
         // Running the jobs now would autocommit them one by one behind their callers'

@@ -65,6 +65,8 @@ struct Inner {
     /// dispatcher then finds the queue empty (see [`Cluster::may_have_pending`]).
     pending_marks: AtomicU64,
     pending_cleared: AtomicU64,
+    /// A dispatcher wake is set for when a slave that refused may be asked again.
+    refusal_wake_set: AtomicBool,
     /// This master's row in the ledger's `masters`, once recorded.
     master_id: OnceLock<i64>,
 }
@@ -134,6 +136,7 @@ impl Cluster {
                 // Tasks left pending by an earlier run: unknown until the first look.
                 pending_marks: AtomicU64::new(1),
                 pending_cleared: AtomicU64::new(0),
+                refusal_wake_set: AtomicBool::new(false),
                 master_id: OnceLock::new(),
             }),
         })
@@ -212,6 +215,20 @@ impl Cluster {
     /// found it empty: nothing made pending since then is missed, as that bumped the mark.
     pub(crate) fn queue_seen_empty(&self, mark: u64) {
         self.inner.pending_cleared.store(mark, Ordering::SeqCst);
+    }
+
+    /// Wakes the dispatcher after `hold`, when a slave that refused an offer may be
+    /// asked again; one such wake is set at a time (a later one is left to the tick).
+    pub(crate) fn wake_dispatcher_after(&self, hold: std::time::Duration) {
+        if self.inner.refusal_wake_set.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            cluster.inner.refusal_wake_set.store(false, Ordering::SeqCst);
+            cluster.wake_dispatcher();
+        });
     }
 
     pub(crate) fn wake_dispatcher(&self) {

@@ -199,7 +199,8 @@ impl Cluster {
                 }
                 Answer::Refused => {
                     self.count_offer("refused");
-                    self.slaves().release_refused(candidate.id);
+                    let hold = self.slaves().release_refused(candidate.id);
+                    self.wake_dispatcher_after(hold);
                     unanswered = None;
                 }
                 Answer::Unreachable(why) => {

@@ -34,9 +34,12 @@ struct Entry {
     last_seen: Instant,
     /// Skipped by dispatch until its next heartbeat: an offer went unanswered.
     suspect: bool,
-    /// Skipped by dispatch until a slot frees or it heartbeats: it refused an offer the
-    /// view thought it had room for (it holds work the master does not know of).
-    refused: bool,
+    /// Skipped by dispatch until then, a slot of it frees, or it heartbeats: it refused
+    /// an offer the view thought it had room for (it holds work the master does not
+    /// know of, or a result the master recorded but the slave has not heard so yet).
+    refused_until: Option<Instant>,
+    /// Refusals since a slot of it last freed: each doubles the hold.
+    refusals: u32,
     /// The process run that registered it last.
     instance: Option<String>,
 }
@@ -98,6 +101,22 @@ fn capacity_of(row: &SlaveRow) -> usize {
     usize::try_from(row.capacity).unwrap_or(1).max(1)
 }
 
+/// How long a slave that refused an offer is skipped. The master frees its count of a
+/// slot when it records the result, a moment before the slave hears so and frees the
+/// slot itself; an offer in that moment is refused though the slot is about to be
+/// free. Short, so such a slave is asked again soon (the dispatcher is woken then).
+pub const REFUSAL_HOLD: Duration = Duration::from_millis(20);
+/// The longest hold: a slave that keeps refusing (it holds work the master does not
+/// know of) is asked about once a second, not in a loop.
+pub const MAX_REFUSAL_HOLD: Duration = Duration::from_secs(1);
+
+impl Entry {
+    /// Up, answering, and not skipped after a refusal.
+    fn takes_offers(&self, now: Instant) -> bool {
+        self.state == SlaveState::Up && !self.suspect && self.refused_until.is_none_or(|until| now >= until)
+    }
+}
+
 /// A slave fresh from its row, with nothing running, seen now.
 fn entry_of(row: &SlaveRow) -> Entry {
     Entry {
@@ -112,7 +131,8 @@ fn entry_of(row: &SlaveRow) -> Entry {
         last_seen_at: row.last_seen_at.clone(),
         last_seen: Instant::now(),
         suspect: false,
-        refused: false,
+        refused_until: None,
+        refusals: 0,
         instance: row.instance.clone(),
     }
 }
@@ -174,7 +194,7 @@ impl SlaveRegistry {
                 if row.state != SlaveState::Down {
                     entry.last_seen = Instant::now();
                     entry.suspect = false;
-                    entry.refused = false;
+                    entry.refused_until = None;
                     freed = true;
                 }
                 entry.state = row.state;
@@ -208,23 +228,21 @@ impl SlaveRegistry {
     /// Reserves a slot on the first slave in position order that is up, not suspect,
     /// not in `skip`, and has room as far as the master knows.
     pub fn reserve_next(&self, skip: &[SlaveId]) -> Option<Candidate> {
+        let now = Instant::now();
         let mut slaves = self.slaves();
-        let entry = slaves.iter_mut().find(|e| {
-            e.state == SlaveState::Up
-                && !e.suspect
-                && !e.refused
-                && e.running < e.capacity
-                && !skip.contains(&e.id)
-        })?;
+        let entry = slaves
+            .iter_mut()
+            .find(|e| e.takes_offers(now) && e.running < e.capacity && !skip.contains(&e.id))?;
         entry.running += 1;
         Some(Candidate { id: entry.id, name: entry.name.clone(), url: entry.url.clone() })
     }
 
     /// Slots free on slaves that take offers now, as far as the master knows.
     pub fn free_slots(&self) -> usize {
+        let now = Instant::now();
         self.slaves()
             .iter()
-            .filter(|e| e.state == SlaveState::Up && !e.suspect && !e.refused)
+            .filter(|e| e.takes_offers(now))
             .map(|e| e.capacity.saturating_sub(e.running))
             .sum()
     }
@@ -233,17 +251,23 @@ impl SlaveRegistry {
     pub fn release(&self, id: SlaveId) {
         if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
             entry.running = entry.running.saturating_sub(1);
-            entry.refused = false;
+            entry.refused_until = None;
+            entry.refusals = 0;
         }
     }
 
     /// The slave refused an offer: frees the reserved slot and skips the slave until one
-    /// of its tasks finishes or it heartbeats.
-    pub fn release_refused(&self, id: SlaveId) {
-        if let Some(entry) = self.slaves().iter_mut().find(|e| e.id == id) {
-            entry.running = entry.running.saturating_sub(1);
-            entry.refused = true;
-        }
+    /// of its tasks finishes, it heartbeats, or the hold ends: [`REFUSAL_HOLD`], doubled
+    /// for each refusal since a slot of it last freed, up to [`MAX_REFUSAL_HOLD`].
+    /// Returns the hold.
+    pub fn release_refused(&self, id: SlaveId) -> Duration {
+        let mut slaves = self.slaves();
+        let Some(entry) = slaves.iter_mut().find(|e| e.id == id) else { return REFUSAL_HOLD };
+        entry.running = entry.running.saturating_sub(1);
+        let hold = REFUSAL_HOLD.saturating_mul(1 << entry.refusals.min(10)).min(MAX_REFUSAL_HOLD);
+        entry.refusals = entry.refusals.saturating_add(1);
+        entry.refused_until = Some(Instant::now() + hold);
+        hold
     }
 
     /// An offer to this slave went unanswered: skip it until it heartbeats.
@@ -266,7 +290,7 @@ impl SlaveRegistry {
         let came_back = !draining && (entry.state != SlaveState::Up || entry.suspect);
         entry.state = if draining { SlaveState::Draining } else { SlaveState::Up };
         entry.suspect = false;
-        entry.refused = false;
+        entry.refused_until = None;
         entry.last_seen = Instant::now();
         let liveness = if came_back { Liveness::CameBack } else { Liveness::StillUp };
         Touch::Taken(liveness)
@@ -363,6 +387,36 @@ mod tests {
         assert_eq!(registry.reserve_next(&[]), None);
         registry.release(SlaveId(1));
         assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_slave_is_skipped_for_a_hold_that_doubles_until_a_slot_frees() {
+        let registry = SlaveRegistry::default();
+        registry.upsert(&row(1, "slave-1", 2, 1), 0);
+        registry.upsert(&row(2, "slave-2", 2, 2), 0);
+        let first = registry.reserve_next(&[]).unwrap();
+        assert_eq!(registry.release_refused(first.id), REFUSAL_HOLD);
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2", "held after a refusal");
+        tokio::time::advance(REFUSAL_HOLD).await;
+        let again = registry.reserve_next(&[]).unwrap();
+        assert_eq!(again.name, "slave-1", "asked again once the hold ended");
+        assert_eq!(
+            registry.release_refused(again.id),
+            REFUSAL_HOLD * 2,
+            "a second refusal holds twice as long"
+        );
+        tokio::time::advance(REFUSAL_HOLD).await;
+        assert_eq!(registry.reserve_next(&[]).unwrap().name, "slave-2");
+        // A slot of it freed (its earlier task finished): asked at once, and the hold
+        // starts over.
+        registry.release(SlaveId(1));
+        let freed = registry.reserve_next(&[]).unwrap();
+        assert_eq!(freed.name, "slave-1");
+        assert_eq!(registry.release_refused(freed.id), REFUSAL_HOLD);
+        for _ in 0..20 {
+            registry.release_refused(SlaveId(1));
+        }
+        assert_eq!(registry.release_refused(SlaveId(1)), MAX_REFUSAL_HOLD);
     }
 
     #[test]

@@ -129,17 +129,27 @@ pub(crate) async fn record_results(
                   finished_at = r.value ->> 'finished_at', deadline_at = NULL
              FROM json_each(?1) AS r
             WHERE t.id = r.value ->> 'id' AND +t.status = 'in_progress'
-              AND t.slave_id = r.value ->> 'slave_id' AND t.attempts = r.value ->> 'attempt'
-           RETURNING id AS "id!: TaskId""#,
+              AND t.slave_id = r.value ->> 'slave_id' AND t.attempts = r.value ->> 'attempt'"#,
         json
     )
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await;
+    // Which rows won, without a `RETURNING` row each (one message from SQLite's worker
+    // thread per row): all of them or none, as the count says, or else the newest
+    // events, since the statement's trigger wrote one `done`/`failed` event per win.
+    let recorded = match recorded {
+        Ok(updated) if updated.rows_affected() == rows.len() as u64 => {
+            Ok(rows.iter().map(|row| row.id).collect())
+        }
+        Ok(updated) if updated.rows_affected() == 0 => Ok(HashSet::new()),
+        Ok(updated) => last_recorded(conn, &rows, updated.rows_affected()).await,
+        Err(error) => Err(error.into()),
+    };
     let recorded: HashSet<TaskId> = match recorded {
-        Ok(ids) => ids.into_iter().collect(),
+        Ok(ids) => ids,
         Err(error) => {
             let replies = replies.into_iter().chain(again.into_iter().map(|(_, reply)| reply)).collect();
-            return Err(fail_all(error.into(), replies, deliveries));
+            return Err(fail_all(error, replies, deliveries));
         }
     };
     // The `done`/`failed` events are written by a trigger (migration 2).
@@ -159,6 +169,30 @@ pub(crate) async fn record_results(
         }
     }
     Ok(())
+}
+
+/// The tasks of `rows` the statement just run recorded, `count` of them: the tasks of
+/// the newest `count` events, as its trigger writes one per recorded result and only
+/// this writer writes. Anything else found is an error (the batch then fails).
+async fn last_recorded(
+    conn: &mut SqliteConnection,
+    rows: &[ResultRow],
+    count: u64,
+) -> Result<HashSet<TaskId>, LedgerError> {
+    let limit = i64::try_from(count).unwrap_or(i64::MAX);
+    let ids = sqlx::query_scalar!(
+        r#"SELECT task_id AS "task_id!: TaskId" FROM task_events ORDER BY id DESC LIMIT ?1"#,
+        limit
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let reported: HashSet<TaskId> = rows.iter().map(|row| row.id).collect();
+    let recorded: HashSet<TaskId> = ids.into_iter().collect();
+    if recorded.len() as u64 != count || !recorded.is_subset(&reported) {
+        let message = format!("{count} results were recorded, but the newest events name other tasks");
+        return Err(LedgerError::Unavailable(message));
+    }
+    Ok(recorded)
 }
 
 /// What a result that changed nothing meant, from the task as it is now.

@@ -123,7 +123,7 @@ pub(crate) async fn record_results(
     let json = serde_json::to_string(&rows).map_err(|error| LedgerError::Unavailable(error.to_string()))?;
     // `+t.status`: no index on status, so the plan is the JSON rows outside and one
     // primary-key lookup each (a unit test holds the plan to that).
-    let recorded = sqlx::query_scalar!(
+    let updated = sqlx::query!(
         r#"UPDATE tasks AS t
               SET status = r.value ->> 'status', result = r.value ->> 'result', error = r.value ->> 'error',
                   finished_at = r.value ->> 'finished_at', deadline_at = NULL
@@ -137,7 +137,7 @@ pub(crate) async fn record_results(
     // Which rows won, without a `RETURNING` row each (one message from SQLite's worker
     // thread per row): all of them or none, as the count says, or else the newest
     // events, since the statement's trigger wrote one `done`/`failed` event per win.
-    let recorded = match recorded {
+    let recorded = match updated {
         Ok(updated) if updated.rows_affected() == rows.len() as u64 => {
             Ok(rows.iter().map(|row| row.id).collect())
         }

@@ -184,6 +184,15 @@ cluster_tests::on_both_engines! {
         })
         .await;
         assert_eq!(moved["attempts"], 2);
+        // The ledger records the assignment before the offer reaches the slave: kill
+        // slave-2 only once it holds the task, or the offer finds no slave and the task
+        // (rightly) goes back to pending with its attempt not spent.
+        let slave_2 = cluster.slaves[1].url.clone();
+        eventually("slave-2 to hold the task", || async {
+            let availability = cluster.http.get(&format!("{slave_2}/availability")).await;
+            (availability.body["running"] == 1).then_some(())
+        })
+        .await;
         cluster.slaves[1].kill9();
         let task = cluster.wait_final(id).await;
         assert_eq!(task["status"], "failed");

@@ -114,6 +114,9 @@ impl SlaveCalls {
     /// out to it (else in the next): the slave takes them in order while it has room.
     /// One answer per offer, in order.
     pub async fn offer_all(&self, url: &str, offers: &[Offer]) -> Vec<Answer> {
+        if offers.is_empty() {
+            return Vec::new(); // nothing to send: no sender to wake
+        }
         let mut waiting = Vec::with_capacity(offers.len());
         let mut queued = Vec::with_capacity(offers.len());
         for offer in offers {

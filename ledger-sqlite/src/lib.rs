@@ -132,6 +132,9 @@ impl SqliteLedger {
         sqlx::migrate!("../migrations").run(&mut writer).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            // No ping before each use: a round trip to the connection's worker thread
+            // for a file that cannot go away underneath it (a read that fails says so).
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         let identity = file::Identity::of(path)

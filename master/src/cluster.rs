@@ -60,8 +60,8 @@ struct Inner {
     dispatch_wanted: Notify,
     /// False once shutdown began: submissions get 503.
     accepting: AtomicBool,
-    /// Whether a task may be pending, without asking the ledger: bumped before this
-    /// master makes a task pending, and copied into `pending_cleared` when the
+    /// Whether a task may be pending, without asking the ledger: bumped before and
+    /// after each write of this master that makes a task pending, and copied into `pending_cleared` when the
     /// dispatcher then finds the queue empty (see [`Cluster::may_have_pending`]).
     pending_marks: AtomicU64,
     pending_cleared: AtomicU64,
@@ -201,8 +201,18 @@ impl Cluster {
                 != self.inner.pending_cleared.load(Ordering::SeqCst)
     }
 
-    /// Called before a write that makes a task pending.
-    pub(crate) fn note_pending(&self) {
+    /// Runs `write`, which may make a task pending, with the mark bumped on both sides:
+    /// before, so a submission that checks the hint meanwhile does not overtake the
+    /// task; after, so a dispatcher that read the queue just before the write committed,
+    /// and found it empty, does not take that for "still empty" and skip its reads.
+    pub(crate) async fn making_pending<T>(&self, write: impl Future<Output = T>) -> T {
+        self.note_pending();
+        let outcome = write.await;
+        self.note_pending();
+        outcome
+    }
+
+    fn note_pending(&self) {
         self.inner.pending_marks.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -466,7 +476,6 @@ impl Cluster {
     /// A task was lost on its slave: back to pending (and to the dispatcher) or failed.
     pub(crate) async fn requeue(&self, task: HeldTask, reason: String) -> Result<Requeue, LedgerError> {
         let max_attempts = self.inner.config.max_attempts;
-        self.note_pending();
         let outcome = self.inner.ledger.requeue_lost(
             task.id,
             task.slave_id,
@@ -474,7 +483,7 @@ impl Cluster {
             max_attempts,
             reason.clone(),
         );
-        let outcome = outcome.await?;
+        let outcome = self.making_pending(outcome).await?;
         if outcome != Requeue::NotHeld {
             self.inner.timers.stop(task.id, task.slave_id, task.attempts);
         }

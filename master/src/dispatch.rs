@@ -122,8 +122,7 @@ impl Cluster {
             OfferOutcome::Taken(slave) => Submitted::Assigned { id, slave },
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) if queue_mode => {
                 self.timers().stop(id, last, 1);
-                self.note_pending();
-                self.ledger().unassign(id, last, 1, 0).await?;
+                self.making_pending(self.ledger().unassign(id, last, 1, 0)).await?;
                 self.wake_dispatcher();
                 Submitted::Queued { id }
             }
@@ -158,8 +157,7 @@ impl Cluster {
         if pending >= self.config().queue_limit {
             return Err(self.rejected(SubmitError::QueueFull(pending)));
         }
-        self.note_pending();
-        let id = self.ledger().insert_task(task, None).await?;
+        let id = self.making_pending(self.ledger().insert_task(task, None)).await?;
         self.metrics().tasks_submitted.inc();
         self.wake_dispatcher();
         Ok(Submitted::Queued { id })
@@ -264,7 +262,10 @@ impl Cluster {
     async fn dispatch_round(&self, offers: &mut OffersInFlight) -> Result<(), LedgerError> {
         loop {
             let free = i64::try_from(self.slaves().free_slots()).unwrap_or(i64::MAX);
-            if free == 0 {
+            // Nothing to start, or nothing pending: every write that makes a task
+            // pending marks it (`making_pending`), so a queue last seen empty with
+            // no mark since is still empty, and a result's wake costs no read.
+            if free == 0 || !self.may_have_pending() {
                 return Ok(());
             }
             let in_flight = i64::try_from(offers.offering.len()).unwrap_or(i64::MAX);
@@ -368,8 +369,8 @@ impl Cluster {
         match self.offer_on(offer, slave, answer, budget).await? {
             OfferOutcome::AllRefused(last) | OfferOutcome::AllUnreachable(last, _) => {
                 self.timers().stop(pending.task_id, last, offer.attempt);
-                self.note_pending();
-                self.ledger().unassign(pending.task_id, last, offer.attempt, pending.attempts).await?;
+                let unassign = self.ledger().unassign(pending.task_id, last, offer.attempt, pending.attempts);
+                self.making_pending(unassign).await?;
             }
             OfferOutcome::Taken(_) | OfferOutcome::Gone => {}
         }

@@ -61,8 +61,9 @@ struct Inner {
     /// False once shutdown began: submissions get 503.
     accepting: AtomicBool,
     /// Whether a task may be pending, without asking the ledger: bumped before and
-    /// after each write of this master that makes a task pending, and copied into `pending_cleared` when the
-    /// dispatcher then finds the queue empty (see [`Cluster::may_have_pending`]).
+    /// after each write of this master that makes a task pending, and copied into
+    /// `pending_cleared` when the dispatcher then finds the queue empty (see
+    /// [`Cluster::may_have_pending`]).
     pending_marks: AtomicU64,
     pending_cleared: AtomicU64,
     /// A dispatcher wake is set for when a slave that refused may be asked again.
@@ -194,7 +195,8 @@ impl Cluster {
 
     /// Whether the queue may hold a pending task: false only when the dispatcher found
     /// it empty after the last time this master made a task pending (and no other
-    /// master shares the ledger). Spares queue-mode submissions a ledger read each.
+    /// master shares the ledger). Spares queue-mode submissions and the dispatcher
+    /// a ledger read each.
     pub(crate) fn may_have_pending(&self) -> bool {
         self.inner.ledger.is_shared()
             || self.inner.pending_marks.load(Ordering::SeqCst)

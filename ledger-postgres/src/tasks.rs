@@ -132,9 +132,10 @@ impl PgLedger {
     ) -> Result<ResultRecording, LedgerError> {
         let (status, value, error) = outcome_columns(&outcome);
         // The `done`/`failed` event and the counts are written by triggers.
-        let recorded = sqlx::query!(
-            "UPDATE tasks SET status = $1, result = $2, error = $3, finished_at = now(), deadline_at = NULL
-              WHERE id = $4 AND status = 'in_progress' AND slave_id = $5 AND attempts = $6",
+        let finished_at = sqlx::query_scalar!(
+            r#"UPDATE tasks SET status = $1, result = $2, error = $3, finished_at = now(), deadline_at = NULL
+                WHERE id = $4 AND status = 'in_progress' AND slave_id = $5 AND attempts = $6
+            RETURNING rfc3339(finished_at) AS "finished_at!: Timestamp""#,
             status.as_str(),
             value,
             error.as_deref(),
@@ -142,13 +143,11 @@ impl PgLedger {
             slave.0,
             attempt,
         )
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable)?
-        .rows_affected()
-            == 1;
-        if recorded {
-            return Ok(ResultRecording::Recorded(status));
+        .map_err(unavailable)?;
+        if let Some(finished_at) = finished_at {
+            return Ok(ResultRecording::Recorded { status, finished_at });
         }
         let Some(current) = task_row(&self.pool, id).await? else { return Ok(ResultRecording::NotFound) };
         Ok(classify_unrecorded(&current, slave, attempt, status, value, error.as_deref()))

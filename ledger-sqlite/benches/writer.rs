@@ -71,7 +71,7 @@ async fn main() {
                     ledger.insert_task(task, Some((slave, Duration::from_secs(60)))).await.expect("insert");
                 let recorded =
                     ledger.record_result(id, slave, 1, Outcome::Value(14.0)).await.expect("result");
-                assert!(matches!(recorded, ResultRecording::Recorded(_)), "task {id}: {recorded:?}");
+                assert!(matches!(recorded, ResultRecording::Recorded { .. }), "task {id}: {recorded:?}");
             }
         });
     }

@@ -155,7 +155,10 @@ pub(crate) async fn record_results(
     // The `done`/`failed` events are written by a trigger (migration 2).
     let unrecorded = rows.into_iter().zip(replies).filter_map(|(row, reply)| {
         if recorded.contains(&row.id) {
-            deliveries.push(deliver(reply, ResultRecording::Recorded(row.status)));
+            deliveries.push(deliver(
+                reply,
+                ResultRecording::Recorded { status: row.status, finished_at: row.finished_at },
+            ));
             None
         } else {
             Some((row, reply))

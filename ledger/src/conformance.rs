@@ -117,10 +117,11 @@ pub async fn a_task_goes_pending_in_progress_done_and_counts_follow<E: Engine>(l
     assert!((0..60_000).contains(&held[0].assigned_ms_ago), "assigned just now: {held:?}");
 
     let recorded = ledger.record_result(id, one, 1, Outcome::Value(4.44)).await.unwrap();
-    assert_eq!(recorded, ResultRecording::Recorded(TaskStatus::Done));
     let stored = ledger.task(id).await.unwrap().unwrap();
     assert_eq!((stored.status, stored.result, stored.error), (TaskStatus::Done, Some(4.44), None));
-    assert!(stored.finished_at.is_some());
+    let finished_at = stored.finished_at.expect("a finished task has finished_at");
+    // The answer carries the end exactly as stored: a long poll answers from it.
+    assert_eq!(recorded, ResultRecording::Recorded { status: TaskStatus::Done, finished_at });
     assert_eq!(ledger.counts().await.unwrap(), Counts { done: 1, ..Counts::default() });
     assert!(ledger.in_progress().await.unwrap().is_empty());
 
@@ -136,7 +137,7 @@ pub async fn a_result_is_recorded_exactly_once_and_every_other_report_is_told_wh
     let two = slave(ledger, "two").await;
     let id = running(ledger, one).await;
     let first = ledger.record_result(id, one, 1, Outcome::Value(2.0)).await.unwrap();
-    assert_eq!(first, ResultRecording::Recorded(TaskStatus::Done));
+    assert_eq!(first.recorded_status(), Some(TaskStatus::Done));
     let again = ledger.record_result(id, one, 1, Outcome::Value(2.0)).await.unwrap();
     assert_eq!(again, ResultRecording::Duplicate);
     let different = ledger.record_result(id, one, 1, Outcome::Value(3.0)).await.unwrap();
@@ -189,11 +190,12 @@ pub async fn writes_arriving_together_are_each_answered_for_themselves<E: Engine
         ledger.record_result(unknown, one, 1, Outcome::Value(2.0)),
     );
     let mut twice = [first.unwrap(), second.unwrap()];
-    twice.sort_by_key(|answer| *answer != ResultRecording::Recorded(TaskStatus::Done));
-    assert_eq!(twice, [ResultRecording::Recorded(TaskStatus::Done), ResultRecording::Duplicate]);
+    twice.sort_by_key(|answer| answer.recorded_status().is_none());
+    assert_eq!(twice[0].recorded_status(), Some(TaskStatus::Done));
+    assert_eq!(twice[1], ResultRecording::Duplicate);
     assert_eq!(stale_answer.unwrap(), ResultRecording::StaleAttempt { current: 1 });
     assert_eq!(foreign_answer.unwrap(), ResultRecording::OtherSlave);
-    assert_eq!(failing_answer.unwrap(), ResultRecording::Recorded(TaskStatus::Failed));
+    assert_eq!(failing_answer.unwrap().recorded_status(), Some(TaskStatus::Failed));
     assert_eq!(unknown_answer.unwrap(), ResultRecording::NotFound);
     assert_eq!(
         (status(ledger, won).await, status(ledger, failing).await),
@@ -211,14 +213,14 @@ pub async fn a_non_finite_result_fails_the_task_with_words<E: Engine>(ledger: &E
     let one = slave(ledger, "one").await;
     let id = running(ledger, one).await;
     let recorded = ledger.record_result(id, one, 1, Outcome::Value(f64::INFINITY)).await.unwrap();
-    assert_eq!(recorded, ResultRecording::Recorded(TaskStatus::Failed));
+    assert_eq!(recorded.recorded_status(), Some(TaskStatus::Failed));
     let stored = ledger.task(id).await.unwrap().unwrap();
     assert_eq!((stored.result, stored.error.as_deref()), (None, Some("result is inf")));
     let errored = running(ledger, one).await;
     let outcome = Outcome::Error("division by zero gives inf".to_owned());
     assert_eq!(
-        ledger.record_result(errored, one, 1, outcome).await.unwrap(),
-        ResultRecording::Recorded(TaskStatus::Failed)
+        ledger.record_result(errored, one, 1, outcome).await.unwrap().recorded_status(),
+        Some(TaskStatus::Failed)
     );
     assert_eq!(ledger.counts().await.unwrap(), Counts { failed: 2, ..Counts::default() });
 }
@@ -277,7 +279,10 @@ pub async fn a_result_and_a_cancel_racing_have_one_winner<E: Engine>(ledger: &E)
         let cancelled = cancelled.unwrap();
         let final_status = status(ledger, id).await;
         match (recorded, cancelled) {
-            (ResultRecording::Recorded(TaskStatus::Done), Cancellation::AlreadyFinal(TaskStatus::Done)) => {
+            (
+                ResultRecording::Recorded { status: TaskStatus::Done, .. },
+                Cancellation::AlreadyFinal(TaskStatus::Done),
+            ) => {
                 assert_eq!(final_status, TaskStatus::Done)
             }
             (ResultRecording::Cancelled, Cancellation::Cancelled { .. }) => {
@@ -327,7 +332,7 @@ pub async fn a_refused_offer_moves_to_the_next_slave_under_the_same_attempt<E: E
     let from_one = ledger.record_result(id, one, 1, Outcome::Value(1.0)).await.unwrap();
     assert_eq!(from_one, ResultRecording::OtherSlave);
     let from_two = ledger.record_result(id, two, 1, Outcome::Value(1.0)).await.unwrap();
-    assert_eq!(from_two, ResultRecording::Recorded(TaskStatus::Done));
+    assert_eq!(from_two.recorded_status(), Some(TaskStatus::Done));
 }
 
 pub async fn two_dispatchers_claiming_one_task_have_one_winner<E: Engine>(ledger: &E) {
@@ -354,7 +359,7 @@ pub async fn a_result_racing_a_requeue_has_one_winner<E: Engine>(ledger: &E) {
         );
         let stored = ledger.task(id).await.unwrap().unwrap();
         match (recorded.unwrap(), requeued.unwrap()) {
-            (ResultRecording::Recorded(TaskStatus::Done), Requeue::NotHeld) => {
+            (ResultRecording::Recorded { status: TaskStatus::Done, .. }, Requeue::NotHeld) => {
                 assert_eq!(stored.status, TaskStatus::Done)
             }
             (ResultRecording::StaleAttempt { current: 2 }, Requeue::Pending { attempts: 2 }) => {

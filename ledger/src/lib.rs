@@ -300,10 +300,11 @@ pub enum Cursor {
 }
 
 /// How a result report was taken (SPEC §4 `POST /tasks/{id}/result`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultRecording {
-    /// Recorded now; the task is final.
-    Recorded(TaskStatus),
+    /// Recorded now; the task is final with `status`, finished at `finished_at` as stored
+    /// (so a long poll can answer with the final row without reading it back).
+    Recorded { status: TaskStatus, finished_at: Timestamp },
     /// The same outcome was already recorded for this slave and attempt.
     Duplicate,
     /// The task was cancelled; the result is ignored.
@@ -316,6 +317,16 @@ pub enum ResultRecording {
     OtherSlave,
     /// No such task.
     NotFound,
+}
+
+impl ResultRecording {
+    /// The status the task ended with, if this report was the one recorded.
+    pub fn recorded_status(&self) -> Option<TaskStatus> {
+        match self {
+            Self::Recorded { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// What became of a task lost on its slave.

@@ -20,14 +20,14 @@ use crate::{
     config::{self, ServeConfig},
     ledger::{
         Cancellation, HeldTask, Ledger, LedgerError, MasterRow, Requeue, ResultRecording, SlaveDeletion,
-        SlaveRow, TaskRow,
+        SlaveRow, TaskRow, outcome_columns,
     },
     metrics::{Metrics, Reason, SlaveLabel},
     model::{MAX_SLAVE_NAME_CHARS, SlaveId, SlaveName, SlaveState, SlaveUrl, TaskId, TaskStatus},
     slave_calls::SlaveCalls,
     slaves::{Liveness, SlaveRegistry, Touch},
     timers::TaskTimers,
-    waiters::Waiters,
+    waiters::{RecordedEnd, Waiters},
 };
 
 /// Passes of requeue-then-delete before deregistration gives up on a slave that keeps
@@ -255,11 +255,20 @@ impl Cluster {
         report: ResultReport,
     ) -> Result<ResultRecording, LedgerError> {
         let slave = SlaveId(report.slave_id);
+        let (_, result, error) = outcome_columns(&report.outcome);
         let recording = self.inner.ledger.record_result(id, slave, report.attempt, report.outcome).await?;
-        if let ResultRecording::Recorded(status) = recording {
+        if let ResultRecording::Recorded { status, finished_at } = &recording {
             let round_trip = self.inner.timers.stop(id, slave, report.attempt);
             self.inner.slaves.release(slave);
-            self.task_finished(id, status, round_trip);
+            let end = RecordedEnd {
+                slave,
+                attempt: report.attempt,
+                status: *status,
+                result,
+                error,
+                finished_at: finished_at.clone(),
+            };
+            self.task_finished(id, *status, round_trip, Some(end));
             self.wake_dispatcher();
         }
         Ok(recording)
@@ -275,13 +284,20 @@ impl Cluster {
                 self.tell_slave_to_drop(slave, id, attempt);
                 self.wake_dispatcher();
             }
-            self.task_finished(id, TaskStatus::Cancelled, None);
+            self.task_finished(id, TaskStatus::Cancelled, None, None);
         }
         Ok(cancellation)
     }
 
-    fn task_finished(&self, id: TaskId, status: TaskStatus, round_trip: Option<Duration>) {
-        self.inner.waiters.notify(id);
+    /// Wakes the task's long polls (with `end` when this master recorded it) and counts it.
+    fn task_finished(
+        &self,
+        id: TaskId,
+        status: TaskStatus,
+        round_trip: Option<Duration>,
+        end: Option<RecordedEnd>,
+    ) {
+        self.inner.waiters.notify(id, end);
         self.inner.ledger.announce_end(id);
         self.inner.activity.finished(round_trip);
         self.inner.metrics.tasks_finished.get_or_create(&Reason { reason: status.as_str() }).inc();
@@ -298,8 +314,8 @@ impl Cluster {
     /// The task, once final or once `wait` is over (long poll of `GET /tasks/{id}?wait=`).
     pub async fn task_when_final(&self, id: TaskId, wait: Duration) -> Result<Option<TaskRow>, LedgerError> {
         // Subscribe before reading, so a finish between the read and the wait is not missed.
-        let finished = self.inner.waiters.subscribe(id);
-        let task = self.inner.ledger.task(id).await?;
+        let mut finished = self.inner.waiters.subscribe(id);
+        let mut task = self.inner.ledger.task(id).await?;
         let unfinished = task.as_ref().is_some_and(|task| !task.status.is_final());
         if !unfinished || wait.is_zero() {
             drop(finished);
@@ -311,13 +327,21 @@ impl Cluster {
         // again now and then. On SQLite this master records every end: one wait.
         let reread = if self.inner.ledger.is_shared() { config::LONG_POLL_REREAD } else { wait };
         let deadline = tokio::time::Instant::now() + wait;
-        let mut finished = finished;
         loop {
             let slice = deadline.saturating_duration_since(tokio::time::Instant::now()).min(reread);
-            let _ = tokio::time::timeout(slice, finished).await;
+            let woken = tokio::time::timeout(slice, finished).await;
+            // The end this master recorded, applied to the row read before it: the final
+            // row without reading it again (unless the row was of another attempt).
+            let ended = match (&woken, &task) {
+                (Ok(Ok(Some(end))), Some(row)) => end.applied_to(row),
+                _ => None,
+            };
+            if ended.is_some() {
+                return Ok(ended);
+            }
             self.inner.waiters.forget_closed(id);
             finished = self.inner.waiters.subscribe(id);
-            let task = self.inner.ledger.task(id).await?;
+            task = self.inner.ledger.task(id).await?;
             if tokio::time::Instant::now() >= deadline
                 || task.as_ref().is_none_or(|task| task.status.is_final())
             {
@@ -499,7 +523,7 @@ impl Cluster {
             Requeue::Failed => {
                 tracing::warn!(task_id = %task.id, attempts = task.attempts, %reason, "task failed: out of attempts");
                 self.inner.slaves.release(task.slave_id);
-                self.task_finished(task.id, TaskStatus::Failed, None);
+                self.task_finished(task.id, TaskStatus::Failed, None, None);
                 self.wake_dispatcher();
             }
             Requeue::NotHeld => {}
@@ -640,7 +664,7 @@ impl Cluster {
                 };
                 match ended {
                     Ok(ended) if !ended.here => {
-                        self.inner.waiters.notify(ended.task);
+                        self.inner.waiters.notify(ended.task, None);
                         self.inner.activity.finished(None);
                     }
                     Ok(_) => {}

@@ -7,6 +7,7 @@ use std::{path::PathBuf, time::Duration};
 pub use ledger::{
     AssignFrom, Cancellation, Counts, Cursor, Engine, HeldTask, LedgerError, MasterRow, Requeue,
     ResultRecording, SlaveDeletion, SlaveLoad, SlaveRow, Submission, TaskEvent, TaskFilter, TaskRow,
+    outcome_columns,
 };
 use ledger::{Outcome, Registration};
 use ledger_postgres::PgLedger;

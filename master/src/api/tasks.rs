@@ -531,7 +531,7 @@ pub async fn record_results(
 async fn answer_result(state: &AppState, id: i64, report: ResultReport) -> Result<ResultAck, ApiError> {
     let (slave, attempt) = (report.slave_id, report.attempt);
     match state.cluster.record_result(TaskId(id), report).await? {
-        ResultRecording::Recorded(status) => {
+        ResultRecording::Recorded { status, .. } => {
             Ok(ResultAck { recorded: true, status: Some(status), reason: None })
         }
         ResultRecording::Duplicate => {

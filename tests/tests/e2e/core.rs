@@ -298,6 +298,25 @@ cluster_tests::on_both_engines! {
             assert_eq!(reply.status_and_code(), (400, "invalid_request"), "{bad}: {:?}", reply.body);
         }
     }
+
+    /// Issue 14: a long poll woken by the result answers from the end the master just
+    /// recorded rather than reading the task again; what it answers is the stored row.
+    async fn a_long_poll_woken_by_the_result_answers_the_task_exactly_as_stored() {
+        let cluster = Cluster::start(&[2]).await;
+        let done = cluster.submit("2+3*4", 400).await;
+        let failing = cluster.submit("1/0", 400).await;
+        assert_eq!((done.status, failing.status), (201, 201), "{:?} {:?}", done.body, failing.body);
+        for (id, status) in [(done.body["id"].as_i64().unwrap(), "done"), (failing.body["id"].as_i64().unwrap(), "failed")] {
+            // Sent while the slave still works (400 ms), so the result is what wakes it.
+            let polled = cluster.http.get(&cluster.url(&format!("/tasks/{id}?wait=10"))).await;
+            assert_eq!(polled.status, 200, "{:?}", polled.body);
+            assert_eq!(polled.body["status"], status, "{:?}", polled.body);
+            assert!(polled.body["finished_at"].is_string(), "{:?}", polled.body);
+            assert_eq!(polled.body, cluster.task(id).await, "the long poll's answer is the stored task");
+        }
+        let polled_done = cluster.task(done.body["id"].as_i64().unwrap()).await;
+        assert_eq!(polled_done["result"], 14.0);
+    }
 }
 
 /// The ids `GET /tasks?{query}` lists, and its `next` cursor.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{auth::Token, protocol::Variables};
-use master_client::{ClientError, MasterClient, Options};
+use master_client::{ClientError, MasterClient, Options, Submitted};
 pub use master_client::{Page, StatusPage, Task};
 
 use super::BenchError;
@@ -68,14 +68,13 @@ impl Api {
         variables: &Variables,
         delay_ms: u64,
     ) -> Result<Submission, BenchError> {
-        let delay_ms = i64::try_from(delay_ms).unwrap_or(i64::MAX);
-        match self.next().submit(expression, variables, delay_ms).await {
-            Ok(submitted) => Ok(Submission::Accepted(submitted.id)),
-            Err(error) if matches!(error.code(), Some("full_capacity" | "queue_full")) => {
-                Ok(Submission::Busy)
-            }
-            Err(error) => Err(error.into()),
-        }
+        submission(self.next().submit(expression, variables, delay_ms_of(delay_ms)).await)
+    }
+
+    /// A connection of its own to the next master in turn, for one worker's
+    /// submissions back to back (see [`Submitter`]).
+    pub fn submitter(&self) -> Result<Submitter, BenchError> {
+        Ok(Submitter(self.next().submitter(self.timeout)?))
     }
 
     /// `GET /tasks/{id}`, long-polling up to `wait` for it to finish.
@@ -138,10 +137,40 @@ impl Api {
     }
 }
 
+/// One worker's submit connection (`master_client::Submitter`), answering as
+/// [`Api::submit`] does.
+pub struct Submitter(master_client::Submitter);
+
+impl Submitter {
+    /// `POST /tasks` on this worker's connection.
+    pub async fn submit(
+        &mut self,
+        expression: &str,
+        variables: &Variables,
+        delay_ms: u64,
+    ) -> Result<Submission, BenchError> {
+        submission(self.0.submit(expression, variables, delay_ms_of(delay_ms)).await)
+    }
+}
+
+fn delay_ms_of(delay_ms: u64) -> i64 {
+    i64::try_from(delay_ms).unwrap_or(i64::MAX)
+}
+
+/// A submission's answer as the workloads count it.
+fn submission(answer: Result<Submitted, ClientError>) -> Result<Submission, BenchError> {
+    match answer {
+        Ok(submitted) => Ok(Submission::Accepted(submitted.id)),
+        Err(error) if matches!(error.code(), Some("full_capacity" | "queue_full")) => Ok(Submission::Busy),
+        Err(error) => Err(error.into()),
+    }
+}
+
 impl From<ClientError> for BenchError {
     fn from(error: ClientError) -> Self {
         match error {
             ClientError::Http(error) => Self::Http(error),
+            ClientError::Connection(reason) => Self::Connection(reason),
             ClientError::Api { call, status, code, message } => {
                 Self::Api { call, status, body: format!("{code}: {message}") }
             }

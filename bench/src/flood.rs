@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{
     BenchError, Report, Run,
-    api::{Api, Submission},
+    api::{Submission, Submitter},
     cluster::Cluster,
     stats,
 };
@@ -51,9 +51,9 @@ async fn measure(cluster: &Cluster, run: &Run, flood: Flood) -> Result<Report, B
     run.phase("flood", flood.duration.as_secs());
     let mut clients = JoinSet::new();
     for client in 0..flood.clients {
-        let (api, accepted, busy) = (cluster.api.clone(), accepted.clone(), busy.clone());
-        let limit = run.tasks;
-        clients.spawn(submit_until(api, client as u64, stop_at, limit, accepted, busy));
+        let submitter = cluster.api.submitter()?;
+        let (accepted, busy, limit) = (accepted.clone(), busy.clone(), run.tasks);
+        clients.spawn(submit_until(submitter, client as u64, stop_at, limit, accepted, busy));
     }
     let mut peak_during = 0.0_f64;
     while Instant::now() < stop_at {
@@ -111,7 +111,7 @@ async fn measure(cluster: &Cluster, run: &Run, flood: Flood) -> Result<Report, B
 
 /// One client: submit, and again at once, until `stop_at` (or `limit` accepted overall).
 async fn submit_until(
-    api: Api,
+    mut submitter: Submitter,
     client: u64,
     stop_at: Instant,
     limit: u64,
@@ -122,7 +122,7 @@ async fn submit_until(
     while Instant::now() < stop_at && accepted.load(Ordering::Relaxed) < limit {
         let (expression, variables) = stats::expression(n);
         n += 1 << 20; // distinct expressions per client
-        match api.submit(&expression, &variables, 0).await? {
+        match submitter.submit(&expression, &variables, 0).await? {
             Submission::Accepted(_) => {
                 accepted.fetch_add(1, Ordering::Relaxed);
             }

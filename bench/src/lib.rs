@@ -61,6 +61,8 @@ pub enum BenchError {
     Target(String),
     #[error("HTTP request failed: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("HTTP request failed: {0}")]
+    Connection(String),
     #[error("{call} answered {status}: {body}")]
     Api { call: &'static str, status: u16, body: String },
     #[error("the workload did not complete: {0}")]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BenchError, Percentiles, Report, Run,
-    api::{Api, Submission},
+    api::{Api, Submission, Submitter},
     cluster::Cluster,
     probe::Probe,
     stats,
@@ -126,7 +126,8 @@ pub async fn drive(api: &Api, run: &Run, first: u64, count: u64) -> Result<Outco
     let tracker = tokio::spawn(track(api.clone(), window.clone(), stop_tracking.clone(), run.deadline));
     let mut workers = JoinSet::new();
     for _ in 0..run.concurrency {
-        let (api, next, window, stopped) = (api.clone(), next.clone(), window.clone(), stop_tracking.clone());
+        let mut submitter = api.submitter()?;
+        let (next, window, stopped) = (next.clone(), window.clone(), stop_tracking.clone());
         let (deadline, progress) = (run.deadline, run.progress.clone());
         workers.spawn(async move {
             let mut mine = Outcome::default();
@@ -136,7 +137,7 @@ pub async fn drive(api: &Api, run: &Run, first: u64, count: u64) -> Result<Outco
                 if n >= end || Instant::now() >= deadline || stopped.is_cancelled() {
                     break;
                 }
-                match one_task(&api, &window, &stopped, n, deadline, &mut mine).await {
+                match one_task(&mut submitter, &window, &stopped, n, deadline, &mut mine).await {
                     Ok(true) => {
                         last_finish = Some(Instant::now());
                         mine.finished_at.push(started.elapsed());
@@ -180,7 +181,7 @@ fn merge(total: &mut Outcome, mine: Outcome) {
 /// Submits task `n` (again while the master is busy) and waits for the tracker to see
 /// it final. `Ok(true)` once finished; `Ok(false)` if the deadline came first.
 async fn one_task(
-    api: &Api,
+    submitter: &mut Submitter,
     window: &Window,
     stopped: &CancellationToken,
     n: u64,
@@ -190,7 +191,7 @@ async fn one_task(
     let (expression, variables) = stats::expression(n);
     let id = loop {
         let sent = Instant::now();
-        match api.submit(&expression, &variables, 0).await? {
+        match submitter.submit(&expression, &variables, 0).await? {
             Submission::Accepted(id) => {
                 mine.submit_latencies.push(sent.elapsed());
                 break id;

@@ -4,6 +4,8 @@
 //! master's handlers own the OpenAPI schema; a test in `tests/` reads live answers
 //! through these types).
 
+mod submitter;
+
 use std::{
     sync::{
         Arc,
@@ -20,6 +22,8 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+pub use self::submitter::Submitter;
+
 /// Longest single long poll the master allows (`GET /tasks/{id}?wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -31,6 +35,9 @@ pub enum ClientError {
     /// The master answered with its error shape (SPEC §4).
     #[error("{call}: {status}: {code}: {message}")]
     Api { call: &'static str, status: u16, code: String, message: String },
+    /// A [`Submitter`]'s own connection failed, or its answer could not be read.
+    #[error("cannot reach the master: {0}")]
+    Connection(String),
 }
 
 impl ClientError {
@@ -38,7 +45,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Api { status, .. } => Some(*status),
-            Self::Http(_) => None,
+            Self::Http(_) | Self::Connection(_) => None,
         }
     }
 
@@ -46,7 +53,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Api { code, .. } => Some(code),
-            Self::Http(_) => None,
+            Self::Http(_) | Self::Connection(_) => None,
         }
     }
 }
@@ -315,6 +322,12 @@ impl MasterClient {
         .await
     }
 
+    /// A connection of its own to the master calls go to first, for submissions back
+    /// to back (the load generator); `timeout` bounds each.
+    pub fn submitter(&self, timeout: Duration) -> Result<Submitter, ClientError> {
+        Submitter::new(self.base(), &self.token, timeout)
+    }
+
     /// `GET /tasks/{id}`, long-polling up to `wait` (at most [`MAX_WAIT`]) for it to finish.
     pub async fn task(&self, id: i64, wait: Duration) -> Result<Task, ClientError> {
         let wait = wait.min(MAX_WAIT).as_secs_f64();
@@ -468,6 +481,7 @@ impl MasterClient {
                     error.is_connect() || failover == Failover::Repeatable && !error.is_decode()
                 }
                 Err(ClientError::Api { status, .. }) => failover == Failover::Repeatable && *status >= 500,
+                Err(ClientError::Connection(_)) => false,
             };
             if !moves_on {
                 if step > 0 {

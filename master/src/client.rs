@@ -22,6 +22,8 @@ pub enum ClientError {
     Api { status: u16, code: String, message: String },
     #[error("{0}")]
     Config(String),
+    #[error("cannot reach the master: {0}")]
+    Unreachable(String),
     #[error("task {id} ended {status}: {error}")]
     TaskFailed { id: i64, status: String, error: String },
 }
@@ -30,6 +32,7 @@ impl From<master_client::ClientError> for ClientError {
     fn from(error: master_client::ClientError) -> Self {
         match error {
             master_client::ClientError::Http(error) => Self::Http(error),
+            master_client::ClientError::Connection(reason) => Self::Unreachable(reason),
             master_client::ClientError::Api { status, code, message, .. } => {
                 Self::Api { status, code, message }
             }

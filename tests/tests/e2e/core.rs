@@ -246,6 +246,52 @@ cluster_tests::on_both_engines! {
 }
 
 cluster_tests::on_both_engines! {
+    async fn a_submit_connection_answers_back_to_back_submissions_as_the_typed_client_does() {
+        let cluster = Cluster::start(&[1]).await;
+        let client = master_client::MasterClient::new(
+            &cluster.master.url,
+            common::auth::Token::default(),
+            &master_client::Options::default(),
+        )
+        .expect("a client");
+        let mut submitter = client.submitter(std::time::Duration::from_secs(10)).expect("a submitter");
+        let no_variables = common::protocol::Variables::new();
+        let mut variables = common::protocol::Variables::new();
+        variables.insert("x".to_owned(), 2.0);
+
+        let first = submitter.submit("sqrt(x)*pi", &variables, 0).await.expect("submitted");
+        assert_eq!((first.status.as_str(), first.message.as_str()), ("in_progress", "Task successfully assigned to slave-1"));
+        let done = client.wait_final(first.id, std::time::Duration::from_secs(5)).await.expect("final");
+        assert_eq!((done.status.as_str(), done.expression.as_str()), ("done", "sqrt(x)*pi"));
+        assert_eq!(done.result, Some(2.0_f64.sqrt() * std::f64::consts::PI));
+
+        // The same connection carries on after an error answer, with the error shape read.
+        let busy = submitter.submit("1+1", &no_variables, 60_000).await.expect("the slot taken");
+        let refused = submitter.submit("2+2", &no_variables, 0).await.unwrap_err();
+        assert_eq!((refused.status(), refused.code()), (Some(503), Some("full_capacity")), "{refused}");
+        let invalid = submitter.submit("2+*3", &no_variables, 0).await.unwrap_err();
+        assert_eq!((invalid.status(), invalid.code()), (Some(400), Some("invalid_expression")), "{invalid}");
+        let cancelled = cluster.http.delete(&cluster.url(&format!("/tasks/{}", busy.id))).await;
+        assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+        eventually("slave-1 to drop the cancelled task", || async {
+            let slaves = cluster.http.get(&cluster.url("/slaves")).await.body;
+            (slaves["slaves"][0]["running"] == 0).then_some(())
+        })
+        .await;
+        let next = submitter.submit("3*3", &no_variables, 0).await.expect("submitted after the errors");
+        assert_eq!(next.id, busy.id + 1, "refused submissions store nothing");
+        assert_eq!(cluster.wait_final(next.id).await["result"], 9.0);
+
+        // What it read is the answer the master wrote, as the typed client reads it.
+        let page = client.tasks(None, None, 10).await.expect("a page");
+        assert_eq!(page.counts.done + page.counts.cancelled, 3, "{:?}", page.counts);
+        let https = cluster.master.url.replace("http://", "https://");
+        let not_http = master_client::Submitter::new(&https, &common::auth::Token::default(), std::time::Duration::from_secs(1));
+        assert!(not_http.is_err(), "a submitter speaks plain HTTP to host:port only");
+    }
+}
+
+cluster_tests::on_both_engines! {
     async fn activity_counts_the_tasks_finished_in_the_last_minutes_with_their_round_trips() {
         let cluster = Cluster::start(&[2]).await;
         let empty = cluster.http.get(&cluster.url("/activity")).await;

@@ -1,6 +1,7 @@
 //! The master's public API as the bench uses it: the typed client (`master-client`)
-//! over one keep-alive pool sized for the bench's windows, plus the two readings the
-//! workloads need (a refusal as "busy", the slaves that are up).
+//! over one keep-alive pool sized for the bench's windows, a submit connection of its
+//! own for each worker that submits back to back (`throughput`, `flood`), plus the two
+//! readings the workloads need (a refusal as "busy", the slaves that are up).
 
 use std::{
     sync::{

@@ -5,7 +5,8 @@
 //! - `args`       — the command line (`BenchArgs`), embedded by the master's CLI.
 //! - `cluster`    — the cluster under load: a local one started from the real binaries
 //!   (master child, optionally slave children; peak RSS from `/proc`), or `--master URL`.
-//! - `api`        — the HTTP calls the workloads make, over one keep-alive pool.
+//! - `api`        — the HTTP calls the workloads make: one keep-alive pool, and a
+//!   connection of its own per submitting worker.
 //! - `throughput` — the closed-loop engine: a bounded window of unfinished tasks, with
 //!   completion read back from the ledger (`throughput` workload, ledger build).
 //! - `rounds`     — one-at-a-time round trips (`latency`) and the `sleepy` makespan.

@@ -123,10 +123,10 @@ pub async fn drive(api: &Api, run: &Run, first: u64, count: u64) -> Result<Outco
     // Cancelled when the workers are done, or by the tracker itself when it fails, so
     // no worker waits out the deadline for an answer that cannot come.
     let stop_tracking = CancellationToken::new();
+    let submitters = (0..run.concurrency).map(|_| api.submitter()).collect::<Result<Vec<_>, _>>()?;
     let tracker = tokio::spawn(track(api.clone(), window.clone(), stop_tracking.clone(), run.deadline));
     let mut workers = JoinSet::new();
-    for _ in 0..run.concurrency {
-        let mut submitter = api.submitter()?;
+    for mut submitter in submitters {
         let (next, window, stopped) = (next.clone(), window.clone(), stop_tracking.clone());
         let (deadline, progress) = (run.deadline, run.progress.clone());
         workers.spawn(async move {

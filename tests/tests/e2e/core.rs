@@ -213,15 +213,17 @@ cluster_tests::on_both_engines! {
     }
 }
 
+/// The API's typed client, of this cluster's master, without a token.
+fn typed_client(cluster: &Cluster) -> master_client::MasterClient {
+    let options = master_client::Options::default();
+    master_client::MasterClient::new(&cluster.master.url, common::auth::Token::default(), &options)
+        .expect("a client")
+}
+
 cluster_tests::on_both_engines! {
     async fn the_typed_client_reads_every_answer_exactly_as_the_master_writes_it() {
         let cluster = Cluster::start(&[1]).await;
-        let client = master_client::MasterClient::new(
-            &cluster.master.url,
-            common::auth::Token::default(),
-            &master_client::Options::default(),
-        )
-        .expect("a client");
+        let client = typed_client(&cluster);
         let mut variables = common::protocol::Variables::new();
         variables.insert("x".to_owned(), 2.0);
         let submitted = client.submit("sqrt(x)*pi", &variables, 0).await.expect("submitted");
@@ -248,12 +250,7 @@ cluster_tests::on_both_engines! {
 cluster_tests::on_both_engines! {
     async fn a_submit_connection_answers_back_to_back_submissions_as_the_typed_client_does() {
         let cluster = Cluster::start(&[1]).await;
-        let client = master_client::MasterClient::new(
-            &cluster.master.url,
-            common::auth::Token::default(),
-            &master_client::Options::default(),
-        )
-        .expect("a client");
+        let client = typed_client(&cluster);
         let mut submitter = client.submitter(std::time::Duration::from_secs(10)).expect("a submitter");
         let no_variables = common::protocol::Variables::new();
         let mut variables = common::protocol::Variables::new();

@@ -3,13 +3,15 @@
 //!
 //! Every write is one statement in its own transaction on a pooled connection, guarded
 //! by what it expects to change (status, slave, attempt) and checked for what it
-//! changed, so concurrent writers — this master's handlers now, several masters later —
-//! race safely without locks held across round trips. PostgreSQL's own group commit
-//! makes concurrent commits share WAL flushes, which is the batching SQLite's single
-//! writer does by hand. `synchronous_commit` is forced on: a 2xx means it is durable.
-//! Timestamps come from the database's clock (`now()`), ids from sequences.
+//! changed, so concurrent writers — this master's handlers, other masters — race safely
+//! without locks held across round trips. The two writes every task makes (submission,
+//! result) are gathered into one statement per batch, as SQLite's writer gathers them,
+//! so a busy master commits many of them per WAL flush. `synchronous_commit` is forced
+//! on: a 2xx means it is durable. Timestamps come from the database's clock (`now()`),
+//! ids from sequences.
 //!
 //! - `tasks`  — statements about tasks.
+//! - `batched` — the submissions and results of one moment, one statement each kind.
 //! - `slaves` — statements about slaves.
 //! - `masters` — the masters sharing the database (`GET /masters`).
 
@@ -19,6 +21,7 @@ use ledger::{LedgerError, TaskId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
+mod batched;
 mod masters;
 mod slaves;
 mod tasks;
@@ -50,6 +53,8 @@ pub struct PgLedger {
     session_name: Arc<str>,
     /// Ends waiting for the announcer.
     ends: mpsc::UnboundedSender<TaskId>,
+    /// Submissions and results waiting for their batch's statement.
+    batches: batched::Batches,
 }
 
 /// A task ended, as announced by the database.
@@ -148,7 +153,8 @@ impl PgLedger {
         let session_name: Arc<str> = session_name.into();
         let (ends, queued) = mpsc::unbounded_channel();
         tokio::spawn(announce(pool.clone(), session_name.clone(), queued));
-        Ok(Self { pool, session_name, ends })
+        let batches = batched::Batches::start(&pool);
+        Ok(Self { pool, session_name, ends, batches })
     }
 
     /// Announces that `task` ended here (recorded, failed or cancelled through this

@@ -6,46 +6,28 @@ use std::time::Duration;
 
 use ledger::{
     AssignFrom, Cancellation, Counts, Cursor, HeldTask, LedgerError, Outcome, Requeue, ResultRecording,
-    SlaveId, Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, classify_unrecorded,
-    lost_too_often, outcome_columns,
+    SlaveId, Submission, TaskEvent, TaskFilter, TaskId, TaskRow, TaskStatus, Timestamp, lost_too_often,
 };
 use sqlx::PgExecutor;
 
-use super::{PgLedger, unavailable};
+use super::{
+    PgLedger,
+    batched::{NewResult, NewTask},
+    unavailable,
+};
 
 fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
 impl PgLedger {
+    /// Stored with the next batch of submissions (`batched`).
     pub(crate) async fn insert_task(
         &self,
         task: Submission<'_>,
         assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError> {
-        let (status, attempts, slave, deadline) = match assignment {
-            Some((slave, deadline)) => (TaskStatus::InProgress, 1, Some(slave), Some(seconds(deadline))),
-            None => (TaskStatus::Pending, 0, None, None),
-        };
-        // The `submitted` event and the counts are written by triggers.
-        sqlx::query_scalar!(
-            r#"INSERT INTO tasks (expression, variables, delay_ms, status, slave_id, attempts,
-                                  assigned_at, deadline_at)
-               VALUES ($1, $2, $3, $4, $5, $6,
-                       CASE WHEN $5::bigint IS NULL THEN NULL ELSE now() END,
-                       now() + make_interval(secs => $7::float8))
-               RETURNING id AS "id: TaskId""#,
-            task.expression,
-            task.variables_json(),
-            task.stored_delay_ms(),
-            status.as_str(),
-            slave.map(|slave| slave.0),
-            attempts,
-            deadline,
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)
+        self.batches.insert(NewTask::new(task, assignment)).await
     }
 
     pub(crate) async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {
@@ -123,6 +105,7 @@ impl PgLedger {
         Ok(())
     }
 
+    /// Recorded with the next batch of results (`batched`).
     pub(crate) async fn record_result(
         &self,
         id: TaskId,
@@ -130,27 +113,7 @@ impl PgLedger {
         attempt: i64,
         outcome: Outcome,
     ) -> Result<ResultRecording, LedgerError> {
-        let (status, value, error) = outcome_columns(&outcome);
-        // The `done`/`failed` event and the counts are written by triggers.
-        let finished_at = sqlx::query_scalar!(
-            r#"UPDATE tasks SET status = $1, result = $2, error = $3, finished_at = now(), deadline_at = NULL
-                WHERE id = $4 AND status = 'in_progress' AND slave_id = $5 AND attempts = $6
-            RETURNING rfc3339(finished_at) AS "finished_at!: Timestamp""#,
-            status.as_str(),
-            value,
-            error.as_deref(),
-            id.0,
-            slave.0,
-            attempt,
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        if let Some(finished_at) = finished_at {
-            return Ok(ResultRecording::Recorded { status, finished_at });
-        }
-        let Some(current) = task_row(&self.pool, id).await? else { return Ok(ResultRecording::NotFound) };
-        Ok(classify_unrecorded(&current, slave, attempt, status, value, error.as_deref()))
+        self.batches.record(NewResult::new(id, slave, attempt, &outcome)).await
     }
 
     pub(crate) async fn requeue_lost(
@@ -416,7 +379,10 @@ impl PgLedger {
     }
 }
 
-async fn task_row(executor: impl PgExecutor<'_>, id: TaskId) -> Result<Option<TaskRow>, LedgerError> {
+pub(crate) async fn task_row(
+    executor: impl PgExecutor<'_>,
+    id: TaskId,
+) -> Result<Option<TaskRow>, LedgerError> {
     sqlx::query_as!(
         TaskRow,
         r#"SELECT t.id AS "id!: TaskId", t.expression, t.variables, t.delay_ms,

@@ -35,10 +35,16 @@ pub(crate) struct NewTask {
     attempts: i64,
     /// Seconds from the database's `now()` to the assignment's deadline.
     deadline_s: Option<f64>,
+    /// Stored only if no task is pending when the statement runs.
+    unless_waiting: bool,
 }
 
 impl NewTask {
-    pub(crate) fn new(task: Submission<'_>, assignment: Option<(SlaveId, Duration)>) -> Self {
+    pub(crate) fn new(
+        task: Submission<'_>,
+        assignment: Option<(SlaveId, Duration)>,
+        unless_waiting: bool,
+    ) -> Self {
         let (status, attempts, slave, deadline_s) = match assignment {
             Some((slave, deadline)) => (TaskStatus::InProgress, 1, Some(slave), Some(deadline.as_secs_f64())),
             None => (TaskStatus::Pending, 0, None, None),
@@ -51,6 +57,7 @@ impl NewTask {
             slave,
             attempts,
             deadline_s,
+            unless_waiting,
         }
     }
 }
@@ -77,7 +84,7 @@ type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 /// Where callers queue the two hot writes; the batching tasks end with the ledger.
 #[derive(Clone)]
 pub(crate) struct Batches {
-    submissions: mpsc::UnboundedSender<(NewTask, Reply<TaskId>)>,
+    submissions: mpsc::UnboundedSender<(NewTask, Reply<Option<TaskId>>)>,
     results: mpsc::UnboundedSender<(NewResult, Reply<ResultRecording>)>,
 }
 
@@ -91,8 +98,9 @@ impl Batches {
         Self { submissions, results }
     }
 
-    /// Stores `task` with the next batch of submissions; its id once committed.
-    pub(crate) async fn insert(&self, task: NewTask) -> Result<TaskId, LedgerError> {
+    /// Stores `task` with the next batch of submissions; its id once committed, or
+    /// `None` if it was to be stored only while no task waits and one did.
+    pub(crate) async fn insert(&self, task: NewTask) -> Result<Option<TaskId>, LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.submissions.send((task, reply)).map_err(|_| LedgerError::Closed)?;
         answer.await.map_err(|_| LedgerError::Closed)?
@@ -137,9 +145,11 @@ fn fail_all<T>(error: sqlx::Error, replies: impl IntoIterator<Item = Reply<T>>) 
 
 /// Stores every task of the batch in one statement and answers each caller with its id.
 /// The ids are drawn from the table's sequence row by row in the batch's order, inside
-/// the statement, so each caller's id is the one of its own row. The `submitted` events
-/// and the counts are written by triggers.
-async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<TaskId>)>) {
+/// the statement, so each caller's id is the one of its own row. A task to be stored
+/// only while no task waits is left out if one is pending when the statement starts
+/// (its caller hears `None`). The `submitted` events and the counts are written by
+/// triggers.
+async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<Option<TaskId>>)>) {
     let (tasks, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let expressions: Vec<String> = tasks.iter().map(|task| task.expression.clone()).collect();
     let variables: Vec<String> = tasks.iter().map(|task| task.variables.clone()).collect();
@@ -148,13 +158,17 @@ async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<TaskId>)>) {
     let slaves: Vec<Option<i64>> = tasks.iter().map(|task| task.slave.map(|slave| slave.0)).collect();
     let attempts: Vec<i64> = tasks.iter().map(|task| task.attempts).collect();
     let deadlines: Vec<Option<f64>> = tasks.iter().map(|task| task.deadline_s).collect();
-    let ids = sqlx::query_scalar!(
-        r#"WITH input AS MATERIALIZED (
+    let unless_waiting: Vec<bool> = tasks.iter().map(|task| task.unless_waiting).collect();
+    let stored = sqlx::query!(
+        r#"WITH waiting AS (SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS any),
+           input AS MATERIALIZED (
                SELECT nextval(pg_get_serial_sequence('tasks', 'id')) AS id, t.*
                  FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[],
-                             $7::float8[])
+                             $7::float8[], $8::bool[])
                       WITH ORDINALITY AS t(expression, variables, delay_ms, status, slave_id, attempts,
-                                           deadline_s, n)),
+                                           deadline_s, unless_waiting, n)
+                CROSS JOIN waiting
+                WHERE NOT (t.unless_waiting AND waiting.any)),
            inserted AS (
                INSERT INTO tasks (id, expression, variables, delay_ms, status, slave_id, attempts,
                                   assigned_at, deadline_at)
@@ -164,7 +178,8 @@ async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<TaskId>)>) {
                       now() + make_interval(secs => deadline_s)
                  FROM input
                RETURNING id)
-           SELECT input.id AS "id!: TaskId" FROM input JOIN inserted USING (id) ORDER BY input.n"#,
+           SELECT input.n AS "n!", input.id AS "id!: TaskId"
+             FROM input JOIN inserted USING (id) ORDER BY input.n"#,
         &expressions,
         &variables,
         &delays,
@@ -172,22 +187,28 @@ async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<TaskId>)>) {
         &slaves as &[Option<i64>],
         &attempts,
         &deadlines as &[Option<f64>],
+        &unless_waiting,
     )
     .fetch_all(&pool)
     .await;
-    match ids {
-        Ok(ids) if ids.len() == replies.len() => {
-            for (reply, id) in replies.into_iter().zip(ids) {
-                let _ = reply.send(Ok(id));
-            }
+    let rows = match stored {
+        Ok(rows) => rows,
+        Err(error) => return fail_all(error, replies),
+    };
+    // Ordinals count from 1, in the batch's order.
+    let mut ids = vec![None; replies.len()];
+    for row in rows {
+        if let Some(slot) = usize::try_from(row.n - 1).ok().and_then(|index| ids.get_mut(index)) {
+            *slot = Some(row.id);
         }
-        Ok(ids) => {
-            let reason = format!("{} tasks were stored for {} submissions", ids.len(), replies.len());
-            for reply in replies {
-                let _ = reply.send(Err(LedgerError::Unavailable(reason.clone())));
-            }
-        }
-        Err(error) => fail_all(error, replies),
+    }
+    for ((reply, id), task) in replies.into_iter().zip(ids).zip(&tasks) {
+        let answer = match id {
+            Some(id) => Ok(Some(id)),
+            None if task.unless_waiting => Ok(None),
+            None => Err(LedgerError::Unavailable("the task was not stored with its batch".to_owned())),
+        };
+        let _ = reply.send(answer);
     }
 }
 

@@ -27,7 +27,18 @@ impl PgLedger {
         task: Submission<'_>,
         assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError> {
-        self.batches.insert(NewTask::new(task, assignment)).await
+        let stored = self.batches.insert(NewTask::new(task, assignment, false)).await?;
+        stored.ok_or_else(|| LedgerError::Unavailable("the task was not stored with its batch".to_owned()))
+    }
+
+    /// Stored with the next batch of submissions, unless a task is pending when that
+    /// batch's statement runs (decided inside it).
+    pub(crate) async fn insert_assigned_unless_waiting(
+        &self,
+        task: Submission<'_>,
+        assignment: (SlaveId, Duration),
+    ) -> Result<Option<TaskId>, LedgerError> {
+        self.batches.insert(NewTask::new(task, Some(assignment), true)).await
     }
 
     pub(crate) async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {

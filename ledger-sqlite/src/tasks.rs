@@ -17,6 +17,20 @@ use super::{
 };
 
 impl SqliteLedger {
+    /// `insert_task` with an assignment unless tasks are pending. A SQLite ledger has
+    /// one master, which knows when tasks may wait and checks so itself before it asks
+    /// to insert; this reads the counts, then writes, as that check does.
+    pub(crate) async fn insert_assigned_unless_waiting(
+        &self,
+        task: Submission<'_>,
+        assignment: (SlaveId, Duration),
+    ) -> Result<Option<TaskId>, LedgerError> {
+        if self.counts().await?.pending > 0 {
+            return Ok(None);
+        }
+        self.insert_task(task, Some(assignment)).await.map(Some)
+    }
+
     /// Stores a new task: `pending`, or straight `in_progress` on `slave` at `attempt 1`
     /// when the submission already picked one (one write instead of two).
     pub(crate) async fn insert_task(

@@ -30,6 +30,7 @@ macro_rules! conformance_suite {
             cancel_takes_pending_and_in_progress_tasks_and_nothing_final,
             a_result_and_a_cancel_racing_have_one_winner,
             a_refused_submission_leaves_nothing_and_its_id_is_never_reused,
+            a_submission_for_a_slave_waits_behind_pending_tasks,
             an_unassigned_task_is_pending_again_with_its_attempts_as_before,
             a_refused_offer_moves_to_the_next_slave_under_the_same_attempt,
             two_dispatchers_claiming_one_task_have_one_winner,
@@ -291,6 +292,26 @@ pub async fn a_result_and_a_cancel_racing_have_one_winner<E: Engine>(ledger: &E)
             other => panic!("a result and a cancel both won or both lost: {other:?}"),
         }
     }
+}
+
+pub async fn a_submission_for_a_slave_waits_behind_pending_tasks<E: Engine>(ledger: &E) {
+    let one = slave(ledger, "one").await;
+    let task = Submission { expression: "2*3", variables: &Variables::new(), delay_ms: 0 };
+    let waiting = pending(ledger, "1").await;
+    let refused = ledger.insert_assigned_unless_waiting(task, (one, DEADLINE)).await.unwrap();
+    assert_eq!(refused, None, "a task was pending: nothing stored");
+    assert_eq!(ledger.counts().await.unwrap(), Counts { pending: 1, ..Counts::default() });
+
+    assert!(ledger.assign(waiting, AssignFrom::Pending { attempts: 0 }, one, 1, DEADLINE).await.unwrap());
+    let stored = ledger.insert_assigned_unless_waiting(task, (one, DEADLINE)).await.unwrap();
+    let id = stored.expect("no task pending: stored");
+    assert!(id > waiting);
+    let row = ledger.task(id).await.unwrap().expect("the row");
+    assert_eq!((row.status, row.slave_id, row.attempts), (TaskStatus::InProgress, Some(one), 1));
+    assert_eq!(ledger.counts().await.unwrap(), Counts { in_progress: 2, ..Counts::default() });
+    let kinds: Vec<String> =
+        ledger.task_events(id).await.unwrap().unwrap().into_iter().map(|event| event.kind).collect();
+    assert_eq!(kinds, ["submitted"]);
 }
 
 pub async fn a_refused_submission_leaves_nothing_and_its_id_is_never_reused<E: Engine>(ledger: &E) {

@@ -424,6 +424,16 @@ pub trait Engine {
         task: Submission<'_>,
         assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError>;
+    /// Stores a new task straight `in_progress` on a slave, as `insert_task` with an
+    /// assignment does, unless tasks are pending: then it stores nothing and answers
+    /// `None`, so that a new task never overtakes one already waiting. On a ledger that
+    /// other masters share, the database decides that in the same statement, instead of
+    /// a read of the counts before every submission.
+    async fn insert_assigned_unless_waiting(
+        &self,
+        task: Submission<'_>,
+        assignment: (SlaveId, Duration),
+    ) -> Result<Option<TaskId>, LedgerError>;
     /// Removes a task stored for a submission every slave then refused ("full capacity"
     /// leaves nothing, SPEC §4). False if it moved on meanwhile, and then it stays.
     async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError>;
@@ -530,6 +540,13 @@ macro_rules! engine_by_inherent_methods {
                 assignment: Option<($crate::SlaveId, std::time::Duration)>,
             ) -> Result<$crate::TaskId, $crate::LedgerError> {
                 Self::insert_task(self, task, assignment).await
+            }
+            async fn insert_assigned_unless_waiting(
+                &self,
+                task: $crate::Submission<'_>,
+                assignment: ($crate::SlaveId, std::time::Duration),
+            ) -> Result<Option<$crate::TaskId>, $crate::LedgerError> {
+                Self::insert_assigned_unless_waiting(self, task, assignment).await
             }
             async fn delete_refused_task(
                 &self,

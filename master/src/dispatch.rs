@@ -86,8 +86,11 @@ impl Cluster {
             }
         }
         let queue_mode = self.config().when_full == WhenFull::Queue;
-        // In queue mode a new task never overtakes one already waiting.
-        if queue_mode && self.may_have_pending() && self.ledger().counts().await?.pending > 0 {
+        // In queue mode a new task never overtakes one already waiting. With a ledger
+        // of its own this master knows when tasks may wait (the hint); on a shared one
+        // other masters queue tasks too, and the insert below decides it in its statement.
+        let shared = self.ledger().is_shared();
+        if queue_mode && !shared && self.may_have_pending() && self.ledger().counts().await?.pending > 0 {
             return self.enqueue(&task).await;
         }
         let Some(first) = self.slaves().reserve_next(&[]) else {
@@ -101,8 +104,18 @@ impl Cluster {
             };
         };
         let budget = self.config().task_deadline(task.delay_ms);
-        let id = match self.ledger().insert_task(&task, Some((first.id, budget))).await {
-            Ok(id) => id,
+        let stored = if queue_mode && shared {
+            self.ledger().insert_assigned_unless_waiting(&task, (first.id, budget)).await
+        } else {
+            self.ledger().insert_task(&task, Some((first.id, budget))).await.map(Some)
+        };
+        let id = match stored {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                // Tasks were waiting: this one waits behind them.
+                self.slaves().release(first.id);
+                return self.enqueue(&task).await;
+            }
             Err(error) => {
                 self.slaves().release(first.id);
                 return Err(error.into());

@@ -125,6 +125,16 @@ impl Ledger {
         on_engine!(self, engine => engine.insert_task(task, assignment).await)
     }
 
+    pub async fn insert_assigned_unless_waiting(
+        &self,
+        task: &NewTask,
+        assignment: (SlaveId, Duration),
+    ) -> Result<Option<TaskId>, LedgerError> {
+        let task =
+            Submission { expression: &task.expression, variables: &task.variables, delay_ms: task.delay_ms };
+        on_engine!(self, engine => engine.insert_assigned_unless_waiting(task, assignment).await)
+    }
+
     pub async fn delete_refused_task(&self, id: TaskId, slave: SlaveId) -> Result<bool, LedgerError> {
         on_engine!(self, engine => engine.delete_refused_task(id, slave).await)
     }

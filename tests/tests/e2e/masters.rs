@@ -323,3 +323,28 @@ async fn a_second_master_on_one_sqlite_file_is_refused_and_the_first_lists_itsel
     assert_eq!(printed["masters"][0]["url"], masters[0]["url"]);
     assert_eq!(printed["masters"][0]["started_at"], masters[0]["started_at"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_queue_mode_a_new_task_waits_behind_one_another_master_queued() {
+    let options = MasterOptions {
+        args: ["--when-full", "queue"].map(String::from).to_vec(),
+        ..MasterOptions::default()
+    };
+    let Some(set) = Masters::start(2, options, Vec::new(), &[1]).await else { return };
+    // A task queued by a master this one has not heard from: straight into the ledger.
+    let ledger = set.ledger().await;
+    let waiting: i64 =
+        sqlx::query_scalar("INSERT INTO tasks (expression, status) VALUES ('6*7', 'pending') RETURNING id")
+            .fetch_one(&ledger)
+            .await
+            .expect("a pending task");
+    // slave-1 has room, but the waiting task comes first.
+    let newer = set.submit(1, "1+1", 0).await;
+    assert_eq!((newer.status, newer.body["status"].as_str()), (202, Some("pending")), "{:?}", newer.body);
+    let newer = newer.body["id"].as_i64().expect("an id");
+    let (first, second) = (set.wait_final(0, waiting).await, set.wait_final(1, newer).await);
+    assert_eq!((first["result"].as_f64(), second["result"].as_f64()), (Some(42.0), Some(2.0)));
+    let (first_at, second_at) =
+        (first["assigned_at"].as_str().unwrap(), second["assigned_at"].as_str().unwrap());
+    assert!(first_at <= second_at, "the task that waited runs first: {first_at} vs {second_at}");
+}

@@ -209,10 +209,11 @@ async fn filter_and_page(browser: &Client, cluster: &Cluster, failed_ids: &[i64]
 
     type_into(browser, "#find-id", "30").await;
     click(browser, "#find-task button").await;
+    // The page shows the id at once and the task's fields once its two reads answer.
     let detail = eventually("task 30's page", || async {
         let detail = browser.execute(READ_DETAIL, Vec::new()).await.expect("read the detail");
-        (detail["shown"] == true && detail["id"].as_str().is_some_and(|id| id.contains("30")))
-            .then_some(detail)
+        let shown = detail["shown"] == true && detail["id"].as_str().is_some_and(|id| id.contains("30"));
+        (shown && detail["status"] != "").then_some(detail)
     })
     .await;
     assert_eq!(detail["status"], "failed", "{detail}");

@@ -24,6 +24,9 @@ use super::{tasks::task_row, unavailable};
 /// Most rows in one statement: bounds its parameters' size and how long it holds the
 /// counter rows it changes.
 const MAX_BATCH: usize = 512;
+/// What a caller hears if its task is missing from its batch's rows (not expected: the
+/// statement stores every row it is not told to leave out).
+pub(crate) const NOT_STORED: &str = "the task was not stored with its batch";
 
 /// A task to store.
 pub(crate) struct NewTask {
@@ -151,14 +154,15 @@ fn fail_all<T>(error: sqlx::Error, replies: impl IntoIterator<Item = Reply<T>>) 
 /// triggers.
 async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<Option<TaskId>>)>) {
     let (tasks, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    let expressions: Vec<String> = tasks.iter().map(|task| task.expression.clone()).collect();
-    let variables: Vec<String> = tasks.iter().map(|task| task.variables.clone()).collect();
     let delays: Vec<i64> = tasks.iter().map(|task| task.delay_ms).collect();
     let statuses: Vec<String> = tasks.iter().map(|task| task.status.as_str().to_owned()).collect();
     let slaves: Vec<Option<i64>> = tasks.iter().map(|task| task.slave.map(|slave| slave.0)).collect();
     let attempts: Vec<i64> = tasks.iter().map(|task| task.attempts).collect();
     let deadlines: Vec<Option<f64>> = tasks.iter().map(|task| task.deadline_s).collect();
     let unless_waiting: Vec<bool> = tasks.iter().map(|task| task.unless_waiting).collect();
+    // The texts are moved into their columns, not copied.
+    let (expressions, variables): (Vec<String>, Vec<String>) =
+        tasks.into_iter().map(|task| (task.expression, task.variables)).unzip();
     let stored = sqlx::query!(
         r#"WITH waiting AS (SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS any),
            input AS MATERIALIZED (
@@ -202,11 +206,11 @@ async fn insert_tasks(pool: PgPool, batch: Vec<(NewTask, Reply<Option<TaskId>>)>
             *slot = Some(row.id);
         }
     }
-    for ((reply, id), task) in replies.into_iter().zip(ids).zip(&tasks) {
+    for ((reply, id), unless_waiting) in replies.into_iter().zip(ids).zip(unless_waiting) {
         let answer = match id {
             Some(id) => Ok(Some(id)),
-            None if task.unless_waiting => Ok(None),
-            None => Err(LedgerError::Unavailable("the task was not stored with its batch".to_owned())),
+            None if unless_waiting => Ok(None),
+            None => Err(LedgerError::Unavailable(NOT_STORED.to_owned())),
         };
         let _ = reply.send(answer);
     }

@@ -12,7 +12,7 @@ use sqlx::PgExecutor;
 
 use super::{
     PgLedger,
-    batched::{NewResult, NewTask},
+    batched::{NOT_STORED, NewResult, NewTask},
     unavailable,
 };
 
@@ -28,7 +28,7 @@ impl PgLedger {
         assignment: Option<(SlaveId, Duration)>,
     ) -> Result<TaskId, LedgerError> {
         let stored = self.batches.insert(NewTask::new(task, assignment, false)).await?;
-        stored.ok_or_else(|| LedgerError::Unavailable("the task was not stored with its batch".to_owned()))
+        stored.ok_or_else(|| LedgerError::Unavailable(NOT_STORED.to_owned()))
     }
 
     /// Stored with the next batch of submissions, unless a task is pending when that
